@@ -1,0 +1,3 @@
+"""jrd, the Jupyter remote daemon."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,23 @@
+"""Assemble a daemon from its parts: the core loop plus its extensions.
+
+An extension is an object with `start(daemon)` and `stop(daemon)`, and
+optionally `adjust_inputs(daemon, inputs)` and `on_timer(daemon, name)`.
+Control socket, metrics and file watching each plug in here.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from jrd.config import Config
+from jrd.daemon import Daemon
+
+
+def build_daemon(config: Config, loader: Callable[[], Config], interactive: bool) -> Daemon:
+    announce = print_flush if interactive else None
+    daemon = Daemon(config, config_loader=loader, announce=announce, show_password=interactive)
+    return daemon
+
+
+def print_flush(message: str) -> None:
+    print(message, flush=True)

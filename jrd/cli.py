@@ -1,0 +1,186 @@
+"""`jrd`: run the daemon, check a config, set the password, manage the CA.
+
+Each subcommand parses, calls one function, prints, and returns an exit
+code.  Expected failures (`JrdError`) print one line without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import getpass
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from jrd import __version__, certs, passwords, prepare, profiles
+from jrd.config import DEFAULT_CONFIG_PATH, Config, dev_defaults, load_config, system_defaults
+from jrd.errors import JrdError, UsageError
+from jrd.layout import Layout
+from jrd.render import render_all
+
+log = logging.getLogger("jrd")
+
+
+def project_dir() -> Path:
+    """The checkout `--dev` keeps its state in (the current directory)."""
+    return Path.cwd()
+
+
+def resolve_config(args: argparse.Namespace) -> Config:
+    if getattr(args, "dev", False):
+        base = dev_defaults(project_dir())
+        return load_config(args.config, base=base) if args.config else base
+    return load_config(args.config or DEFAULT_CONFIG_PATH, base=system_defaults())
+
+
+def config_loader(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    return lambda: resolve_config(args)
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s jrd[%(process)d] %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+# --- subcommands -----------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from jrd.app import build_daemon
+
+    config = resolve_config(args)
+    setup_logging(config.log.level)
+    daemon = build_daemon(config, config_loader(args), interactive=sys.stdout.isatty() or args.dev)
+    return daemon.run()
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = resolve_config(args)
+    check_config(config)
+    print(f"{config.source or 'the built-in defaults'}: OK (config valid, nginx accepts the rendered config)")
+    return 0
+
+
+def check_config(config: Config) -> None:
+    """Render every derived file into a temporary directory and `nginx -t` it; change nothing real."""
+    real = Layout.of(config)
+    with tempfile.TemporaryDirectory(prefix="jrd-check-") as tmp:
+        layout = Layout(real.state_dir, Path(tmp) / "run", Path(tmp) / "log")
+        if config.external_tls:
+            tls = prepare.external_tls(config)
+        elif certs.current_leaf(real.leaf_cert, real.leaf_key) is not None:
+            tls = prepare.TlsFiles(real.leaf_cert, real.leaf_key, real.ca_cert.read_bytes())
+        else:
+            # No certificate yet: test with a throwaway one, leave the state dir alone.
+            scratch = Layout(Path(tmp) / "state", layout.runtime_dir, layout.log_dir)
+            tls, _ = prepare.ensure_own_tls(config, scratch, certs.utcnow())
+        hashed = passwords.read_password_hash(real.password_file) if real.password_file.exists() else None
+        inputs = prepare.gather_inputs(config, layout, tls, hashed or "argon2:placeholder", "0" * 64)
+        files = render_all(inputs)
+        prepare.make_dirs(inputs)
+        prepare.install(files)
+        prepare.nginx.test_config(inputs.nginx_executable, layout.nginx_conf)
+
+
+def cmd_passwd(args: argparse.Namespace) -> int:
+    config = resolve_config(args)
+    layout = Layout.of(config)
+    if args.stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        if not sys.stdin.isatty():
+            raise UsageError("no terminal to ask for the password on; pipe it in with `jrd passwd --stdin`")
+        password = getpass.getpass("New Jupyter password: ")
+        if getpass.getpass("Again: ") != password:
+            raise UsageError("the two passwords differ; nothing was changed")
+    passwords.write_password_hash(layout.password_file, passwords.hash_password(password))
+    layout.initial_password_file.unlink(missing_ok=True)
+    print(f"Password hash saved in {layout.password_file}; a running jrd applies it by itself.")
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    config = resolve_config(args)
+    layout = Layout.of(config)
+    if config.external_tls:
+        prepare.external_tls(config)
+        print(f"Using the external certificate {config.tls.cert_file}; no local CA is needed.")
+        return 0
+    _, reason = prepare.ensure_own_tls(config, layout, certs.utcnow())
+    ca = certs.load_cert(layout.ca_cert)
+    print(f"Local CA: {layout.ca_cert} (SHA-256 {certs.fingerprint(ca)})")
+    print(f"Certificate: {layout.leaf_cert}" + (f" (issued: {reason})" if reason else " (current)"))
+    return 0
+
+
+def cmd_ca_export(args: argparse.Namespace) -> int:
+    config = resolve_config(args)
+    layout = Layout.of(config)
+    if config.external_tls:
+        raise UsageError("this jrd uses an external certificate; there is no local CA to export")
+    ca, _, _ = certs.ensure_ca(layout.ca_cert, layout.ca_key, dt.timedelta(days=config.tls.ca_lifetime_days), certs.utcnow())
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    host = (config.tls.names or ("jrd",))[0]
+    (out / "jrd-ca.pem").write_bytes(certs.pem(ca))
+    (out / "jrd-ca.mobileconfig").write_bytes(profiles.mobileconfig(ca, host))
+    print(f"Wrote {out / 'jrd-ca.pem'} and {out / 'jrd-ca.mobileconfig'}")
+    print(f"CA SHA-256 fingerprint: {certs.fingerprint(ca)}")
+    return 0
+
+
+# --- parsing ---------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jrd", description="Jupyter remote daemon")
+    parser.add_argument("--version", action="version", version=f"jrd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func, help: str, epilog: str = "") -> argparse.ArgumentParser:  # type: ignore[no-untyped-def]
+        p = sub.add_parser(name, help=help, description=help, epilog=epilog,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("--config", type=Path, help=f"config file (default {DEFAULT_CONFIG_PATH})")
+        p.add_argument("--dev", action="store_true",
+                       help="development defaults: state under ./.jrd, notebooks in ./notebooks, no config file needed")
+        p.set_defaults(func=func)
+        return p
+
+    add("run", cmd_run, "run the daemon in the foreground", "example:\n  jrd run --config /etc/jrd/jrd.toml")
+    add("check", cmd_check, "validate the config and test the nginx config it renders",
+        "example:\n  jrd check --config /etc/jrd/jrd.toml && systemctl reload jrd")
+    p = add("passwd", cmd_passwd, "set the Jupyter login password (only its argon2 hash is stored)",
+            "examples:\n  jrd passwd\n  echo 'long passphrase' | jrd passwd --stdin")
+    p.add_argument("--stdin", action="store_true", help="read the password from standard input")
+    add("init", cmd_init, "create the local CA and the TLS certificate if they do not exist")
+    ca = sub.add_parser("ca", help="the local CA").add_subparsers(dest="ca_command", required=True, metavar="ACTION")
+    p = ca.add_parser("export", help="write the CA as PEM and as an iOS/iPadOS .mobileconfig",
+                      description="write the CA as PEM and as an iOS/iPadOS .mobileconfig",
+                      epilog="example:\n  jrd ca export -o ~/jrd-ca", formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", type=Path, help=f"config file (default {DEFAULT_CONFIG_PATH})")
+    p.add_argument("--dev", action="store_true", help="use the development defaults")
+    p.add_argument("-o", "--output", default=".", help="directory to write into (default: current)")
+    p.set_defaults(func=cmd_ca_export)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except JrdError as exc:
+        print(f"jrd: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,419 @@
+"""Load and validate jrd's TOML config into frozen dataclasses.
+
+Every key has a default, so an empty file (or no file, with `--dev`) is a
+working config.  Every error names the file, the key and the bad value, and
+past `load_config` the rest of jrd trusts what it gets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import pwd
+import re
+import socket
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from jrd.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/jrd/jrd.toml")
+
+# --- validators -------------------------------------------------------------
+# Each takes the raw TOML value and returns the checked value, or raises
+# ValueError with a phrase that completes "must be ...".
+
+
+def _int_range(lo: int, hi: int) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"an integer between {lo} and {hi}")
+        if not lo <= value <= hi:
+            raise ValueError(f"between {lo} and {hi}")
+        return value
+
+    return check
+
+
+def _number_range(lo: float, hi: float) -> Callable[[Any], float]:
+    def check(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"a number between {lo} and {hi}")
+        if not lo <= value <= hi:
+            raise ValueError(f"between {lo} and {hi}")
+        return float(value)
+
+    return check
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("true or false")
+    return value
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("a string")
+    return value
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if value not in choices:
+            raise ValueError("one of " + ", ".join(repr(c) for c in choices))
+        return value
+
+    return check
+
+
+def _string_list(item: Callable[[Any], str] = _string) -> Callable[[Any], tuple[str, ...]]:
+    def check(value: Any) -> tuple[str, ...]:
+        if not isinstance(value, list):
+            raise ValueError("a list of strings")
+        return tuple(item(v) for v in value)
+
+    return check
+
+
+def _path(value: Any) -> Path:
+    if not isinstance(value, str) or not value:
+        raise ValueError("a non-empty path string")
+    return Path(value).expanduser()
+
+
+def _optional_path(value: Any) -> Path | None:
+    if value == "":
+        return None
+    return _path(value)
+
+
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)(\*\.)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+
+
+def _dns_name(value: Any) -> str:
+    if not isinstance(value, str) or not _HOSTNAME.match(value):
+        raise ValueError("a DNS host name such as 'jupyter.example.com'")
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return value.lower()
+    raise ValueError("a DNS name; put IP addresses in [tls] ip_addresses")
+
+
+def _ip_address(value: Any) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ValueError("an IP address such as '203.0.113.7'") from None
+
+
+def _listen_address(value: Any) -> str:
+    if value in ("*", "0.0.0.0", "[::]"):
+        return value
+    if isinstance(value, str) and value.startswith("[") and value.endswith("]"):
+        if ipaddress.ip_address(value[1:-1]).version == 6:
+            return value
+    try:
+        addr = ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError("an IP address ('0.0.0.0', '127.0.0.1', '[::]')") from None
+    return f"[{addr}]" if addr.version == 6 else str(addr)
+
+
+_SIZE = re.compile(r"^[0-9]+[kKmMgG]?$")
+
+
+def _nginx_size(value: Any) -> str:
+    if not isinstance(value, str) or not _SIZE.match(value):
+        raise ValueError("an nginx size such as '512m' or '2g'")
+    return value
+
+
+def _size_bytes(value: str) -> int:
+    mult = {"k": 1024, "m": 1024**2, "g": 1024**3}.get(value[-1].lower(), 1)
+    digits = value[:-1] if value[-1].isalpha() else value
+    return int(digits) * mult
+
+
+def _min_body_size(value: Any) -> str:
+    size = _nginx_size(value)
+    if _size_bytes(size) < 512 * 1024**2:
+        raise ValueError("at least '512m' (Jupyter itself accepts 512 MiB; smaller breaks saving large notebooks)")
+    return size
+
+
+def _host_port(value: Any) -> str:
+    if value == "":
+        return value
+    if not isinstance(value, str) or ":" not in value:
+        raise ValueError("'HOST:PORT' such as '127.0.0.1:9839', or '' to turn metrics off")
+    host, _, port = value.rpartition(":")
+    _listen_address(host)
+    _int_range(1, 65535)(int(port) if port.isdigit() else -1)
+    return value
+
+
+def _user_name(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("a user name")
+    if value:
+        try:
+            pwd.getpwnam(value)
+        except KeyError:
+            raise ValueError("an existing user (create it with `useradd --create-home NAME`)") from None
+    return value
+
+
+# --- schema -----------------------------------------------------------------
+
+
+def _key(check: Callable[[Any], Any], default: Any) -> Any:
+    """A config key: its validator rides in the field metadata."""
+    return field(default=default, metadata={"check": check})
+
+
+@dataclass(frozen=True)
+class JupyterConfig:
+    app: str = _key(_choice("lab", "server"), "lab")
+    root_dir: Path | None = _key(_optional_path, None)
+    user: str = _key(_user_name, "")
+    allow_root: bool = _key(_bool, False)
+    port: int = _key(_int_range(1, 65535), 8889)
+    extra_args: tuple[str, ...] = _key(_string_list(), ())
+    base_url: str = _key(_string, "/")
+    restart_policy: str = _key(_choice("idle", "immediate"), "idle")
+    restart_max_wait_seconds: float = _key(_number_range(0, 7 * 86400), 3600.0)
+
+
+@dataclass(frozen=True)
+class NginxConfig:
+    binary: str = _key(_string, "nginx")
+    listen: tuple[str, ...] = _key(_string_list(_listen_address), ("0.0.0.0",))
+    port: int = _key(_int_range(1, 65535), 8888)
+    server_names: tuple[str, ...] = _key(_string_list(_dns_name), ())
+    client_max_body_size: str = _key(_min_body_size, "1g")
+    proxy_timeout_seconds: int = _key(_int_range(60, 7 * 86400), 86400)
+    worker_shutdown_timeout_seconds: int = _key(_int_range(1, 7 * 86400), 86400)
+    gzip: bool = _key(_bool, True)
+    http2: bool = _key(_bool, True)
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    names: tuple[str, ...] = _key(_string_list(_dns_name), ())
+    ip_addresses: tuple[str, ...] = _key(_string_list(_ip_address), ())
+    key_type: str = _key(_choice("ecdsa-p256", "rsa-2048", "rsa-3072", "rsa-4096"), "ecdsa-p256")
+    leaf_lifetime_days: int = _key(_int_range(1, 825), 90)
+    ca_lifetime_days: int = _key(_int_range(365, 20 * 365), 3650)
+    renew_when_remaining: float = _key(_number_range(0.01, 0.99), 1 / 3)
+    renew_before_days: float = _key(_number_range(0, 825), 30.0)
+    cert_file: Path | None = _key(_optional_path, None)
+    key_file: Path | None = _key(_optional_path, None)
+    serve_ca: bool = _key(_bool, True)
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    listen: str = _key(_host_port, "127.0.0.1:9839")
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    interval_seconds: float = _key(_number_range(1, 3600), 15.0)
+    timeout_seconds: float = _key(_number_range(0.5, 300), 10.0)
+    failure_threshold: int = _key(_int_range(1, 100), 4)
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    state_dir: Path = _key(_path, Path("/var/lib/jrd"))
+    runtime_dir: Path = _key(_path, Path("/run/jrd"))
+    log_dir: Path = _key(_path, Path("/var/log/jrd"))
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = _key(_choice("debug", "info", "warning", "error"), "info")
+    max_bytes: int = _key(_int_range(1024, 10 * 1024**3), 10 * 1024**2)
+    backups: int = _key(_int_range(0, 100), 5)
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    group: str = _key(_string, "")
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole, validated config.  `source` is the file it came from."""
+
+    jupyter: JupyterConfig = field(default_factory=JupyterConfig)
+    nginx: NginxConfig = field(default_factory=NginxConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
+    source: Path | None = None
+
+    # --- derived values, so that every consumer agrees on them ----------
+    @property
+    def dns_names(self) -> tuple[str, ...]:
+        """DNS names for the certificate and the Host check, localhost included."""
+        return _unique((*self.tls.names, "localhost"))
+
+    @property
+    def ip_addresses(self) -> tuple[str, ...]:
+        """IP addresses for the certificate and the Host check, loopback included."""
+        return _unique((*self.tls.ip_addresses, "127.0.0.1", "::1"))
+
+    @property
+    def accepted_hosts(self) -> tuple[str, ...]:
+        """Every Host that nginx passes on to Jupyter."""
+        return _unique((*self.dns_names, *self.nginx.server_names, *self.ip_addresses))
+
+    @property
+    def external_tls(self) -> bool:
+        return self.tls.cert_file is not None
+
+    @property
+    def url(self) -> str:
+        """The URL a person opens: the first configured name, else loopback."""
+        host = (self.tls.names or self.tls.ip_addresses or ("127.0.0.1",))[0]
+        if ":" in host:
+            host = f"[{host}]"
+        base = self.jupyter.base_url.rstrip("/")
+        app = "/lab" if self.jupyter.app == "lab" else "/tree"
+        return f"https://{host}:{self.nginx.port}{base}{app}"
+
+    @property
+    def local_probe_host(self) -> str:
+        """Where jrd itself reaches nginx: loopback if nginx listens there."""
+        for addr in self.nginx.listen:
+            if addr in ("0.0.0.0", "*", "127.0.0.1"):
+                return "127.0.0.1"
+            if addr in ("[::]", "[::1]"):
+                return "::1"
+        return self.nginx.listen[0].strip("[]")
+
+
+def _unique(items: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(items))
+
+
+_SECTIONS: dict[str, type] = {
+    "jupyter": JupyterConfig,
+    "nginx": NginxConfig,
+    "tls": TlsConfig,
+    "metrics": MetricsConfig,
+    "health": HealthConfig,
+    "paths": PathsConfig,
+    "log": LogConfig,
+    "control": ControlConfig,
+}
+
+
+def _build_section(where: str, name: str, cls: type, raw: Any, base: Any) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: [{name}] must be a table, not {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in raw.items():
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"{where}: unknown key [{name}] {key}; known keys are: {known}")
+        try:
+            values[key] = fields[key].metadata["check"](value)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: [{name}] {key} = {_show(value)} is invalid: it must be {exc}") from None
+    return dataclasses.replace(base, **values)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def parse_config(text: str, source: Path | None = None, base: Config | None = None) -> Config:
+    """Parse TOML text into a Config layered over `base` (the defaults)."""
+    where = str(source) if source else "<config>"
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{where}: not valid TOML: {exc}; fix the syntax and try again") from None
+    base = base or Config()
+    sections = {}
+    for name, value in raw.items():
+        if name not in _SECTIONS:
+            known = ", ".join(f"[{s}]" for s in _SECTIONS)
+            raise ConfigError(f"{where}: unknown section [{name}]; known sections are: {known}")
+        sections[name] = _build_section(where, name, _SECTIONS[name], value, getattr(base, name))
+    config = dataclasses.replace(base, source=source, **sections)
+    _check_whole(where, config)
+    return config
+
+
+def _check_whole(where: str, config: Config) -> None:
+    """Checks that involve more than one key."""
+    tls = config.tls
+    if (tls.cert_file is None) != (tls.key_file is None):
+        raise ConfigError(f"{where}: [tls] cert_file and key_file must be set together (or both left empty for jrd's own CA)")
+    if config.jupyter.port == config.nginx.port:
+        raise ConfigError(
+            f"{where}: [jupyter] port = {config.jupyter.port} is the same as [nginx] port; give Jupyter its own loopback port"
+        )
+    if not config.nginx.listen:
+        raise ConfigError(f"{where}: [nginx] listen = [] is invalid: it must name at least one address")
+    base = config.jupyter.base_url
+    if not (base.startswith("/") and base.endswith("/")):
+        raise ConfigError(f"{where}: [jupyter] base_url = {base!r} is invalid: it must start and end with '/'")
+
+
+def load_config(path: Path, base: Config | None = None) -> Config:
+    """Read and validate the config at `path`."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file; create it (see etc/jrd.toml) or pass --config PATH") from None
+    except (PermissionError, IsADirectoryError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc.__class__.__name__}: {exc})") from None
+    return parse_config(text, source=path, base=base)
+
+
+DEV_JUPYTER_USER = "jupyter"
+
+
+def dev_defaults(project_dir: Path, hostname: str | None = None, as_root: bool | None = None) -> Config:
+    """The defaults `make run` uses: everything under the checkout, no file needed.
+
+    As root, Jupyter runs as the `jupyter` account that `make run` creates,
+    never as root.
+    """
+    home = project_dir / ".jrd"
+    hostname = hostname or socket.gethostname()
+    names = (hostname.lower(),) if _HOSTNAME.match(hostname) else ()
+    as_root = running_as_root() if as_root is None else as_root
+    return Config(
+        jupyter=JupyterConfig(root_dir=project_dir / "notebooks", user=DEV_JUPYTER_USER if as_root else ""),
+        tls=TlsConfig(names=names),
+        paths=PathsConfig(state_dir=home / "state", runtime_dir=home / "run", log_dir=home / "log"),
+    )
+
+
+def system_defaults(hostname: str | None = None) -> Config:
+    """Defaults for a system install: the host's own name in the certificate."""
+    hostname = hostname or socket.gethostname()
+    names = (hostname.lower(),) if _HOSTNAME.match(hostname) else ()
+    return Config(tls=TlsConfig(names=names))
+
+
+def running_as_root() -> bool:
+    return os.geteuid() == 0

@@ -1,0 +1,655 @@
+"""The daemon: one queue of commands, timers, and the supervised stack.
+
+Everything that asks jrd to act (a signal, a file event, a `jrdctl`
+request, a timer) becomes a `Command` on one queue, and only the main loop
+carries commands out, one at a time.  Signal handlers only enqueue.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import errno
+import fcntl
+import logging
+import os
+import queue
+import signal
+import socket
+import subprocess
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from jrd import __version__, certs, passwords, prepare, probe, states
+from jrd.config import Config, load_config
+from jrd.errors import ConfigError, JrdError, PreflightError, StartupError, SupervisorError
+from jrd.fsutil import atomic_write, ensure_dir
+from jrd.layout import Layout
+from jrd.render import RenderedFile, RenderInputs, render_all
+from jrd.sdnotify import notify, watchdog_interval
+from jrd.supervisor import Supervisor, become_subreaper, launch_supervisord, stop_supervisord
+
+log = logging.getLogger("jrd")
+
+STARTUP_TIMEOUT = 120.0
+# Recheck the certificate at least this often, so that clock jumps and
+# suspends are caught even when the next renewal is months away.
+CERT_RECHECK = 3600.0
+
+
+@dataclass
+class Command:
+    """One request to the main loop; `reply` receives the result or the error."""
+
+    name: str
+    args: dict[str, Any] = field(default_factory=dict)
+    source: str = "internal"
+    reply: Future[Any] | None = None
+
+
+@dataclass
+class ReloadRecord:
+    ok: bool | None = None
+    at: float | None = None
+    last_success_at: float | None = None
+    error: str = ""
+    successes: int = 0
+    failures: int = 0
+
+
+class Daemon:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        config_loader: Callable[[], Config] | None = None,
+        announce: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], dt.datetime] = certs.utcnow,
+        show_password: bool = False,
+    ):
+        self._show_password = show_password
+        self.config = config
+        self.layout = Layout.of(config)
+        self._load = config_loader or (lambda: load_config(config.source) if config.source else config)
+        self._announce = announce or (lambda msg: log.info("%s", msg))
+        self._clock = clock
+        self._wall = wall
+        self.commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
+        self.supervisor = Supervisor(self.layout.supervisor_socket)
+        self.supervisord: subprocess.Popen[bytes] | None = None
+        self.inputs: RenderInputs | None = None
+        self.files: dict[str, RenderedFile] = {}
+        self.reloads = ReloadRecord()
+        self.restarts: dict[tuple[str, str], int] = {}
+        self.pending_restart: dict[str, Any] | None = None
+        self.started_at = time.time()
+        self.timers: dict[str, float] = {}
+        self._lock_fd: int | None = None
+        self._stopping = False
+        self._handlers: dict[str, Callable[[Command], Any]] = {
+            "shutdown": self._do_shutdown,
+            "reload": self._do_reload,
+            "restart": self._do_restart,
+            "start": self._do_start,
+            "stop": self._do_stop,
+            "status": self._do_status,
+            "renew_cert": self._do_renew_cert,
+        }
+        self.extensions: list[Any] = []
+
+    # --- the one command path ---------------------------------------------
+    def submit(self, name: str, source: str, **args: Any) -> Future[Any]:
+        """Queue a command from any thread; the Future resolves when it is done."""
+        fut: Future[Any] = Future()
+        self.commands.put(Command(name, args, source, fut))
+        return fut
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        # Only enqueue: SimpleQueue.put is safe to call from a signal handler.
+        name = "reload" if signum == signal.SIGHUP else "shutdown"
+        self.commands.put(Command(name, {}, f"signal {signal.Signals(signum).name}"))
+
+    def install_signal_handlers(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._on_signal)
+
+    # --- start ---------------------------------------------------------------
+    def run(self) -> int:
+        """Start everything, serve commands until shutdown, stop everything; the exit code."""
+        self.install_signal_handlers()
+        try:
+            self.start()
+        except BaseException:
+            self.stop_stack()
+            self._release_lock()
+            raise
+        try:
+            self.loop()
+        finally:
+            notify("STOPPING=1")
+            self.stop_stack()
+            self._release_lock()
+        log.info("jrd stopped")
+        return 0
+
+    def start(self) -> None:
+        cfg, layout = self.config, self.layout
+        ensure_dir(layout.runtime_dir, 0o755)
+        self._acquire_lock()
+        preflight_ports(cfg)
+        password_note = self._ensure_password()
+        self.prepare_and_install(cfg)
+        become_subreaper()
+        self.supervisord = launch_supervisord(layout.supervisord_conf)
+        self.supervisor.wait_ready(self._clock() + 30, alive=self.supervisord)
+        for ext in self.extensions:
+            ext.start(self)
+        self.wait_serving(self._clock() + STARTUP_TIMEOUT)
+        self.timers["cert"] = self._clock() + self._next_cert_check()
+        self.timers["supervise"] = self._clock() + 5
+        self._announce(f"jrd {__version__} is serving JupyterLab at {cfg.url}")
+        if password_note:
+            self._announce(password_note)
+        notify(f"READY=1\nSTATUS=serving {cfg.url}\nMAINPID={os.getpid()}")
+
+    def _acquire_lock(self) -> None:
+        fd = os.open(self.layout.lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+                raise
+            other = os.read(fd, 32).decode().strip() or "?"
+            os.close(fd)
+            raise PreflightError(
+                f"jrd is already running with runtime dir {self.layout.runtime_dir} (pid {other}); "
+                "stop it first (`systemctl stop jrd`) or give this one another [paths] runtime_dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _ensure_password(self) -> str | None:
+        """Make a random first password if none is set; say where it is, never log it."""
+        layout = self.layout
+        if passwords.read_password_hash(layout.password_file) is not None:
+            if layout.initial_password_file.exists():
+                return f"Log in with the password in {layout.initial_password_file} (change it with `jrd passwd`)."
+            return "Log in with the password you set (change it with `jrd passwd`)."
+        password = passwords.random_password()
+        passwords.write_password_hash(layout.password_file, passwords.hash_password(password))
+        atomic_write(layout.initial_password_file, password + "\n", 0o600)
+        if self._show_password:
+            return (
+                f"Log in with the password  {password}  (shown this once; also in "
+                f"{layout.initial_password_file}, readable by root only). Change it with `jrd passwd`."
+            )
+        return (
+            f"A login password was generated and saved in {layout.initial_password_file} "
+            "(readable by root only); change it with `jrd passwd`."
+        )
+
+    # --- rendering and installing -----------------------------------------
+    def build(self, cfg: Config) -> tuple[RenderInputs, dict[str, RenderedFile], str | None]:
+        """Everything a config needs, rendered and tested, but nothing installed."""
+        layout = Layout.of(cfg)
+        if cfg.external_tls:
+            tls, issued = prepare.external_tls(cfg), None
+        else:
+            tls, issued = self._own_tls(cfg, layout)
+        hashed = passwords.read_password_hash(layout.password_file)
+        if hashed is None:
+            raise JrdError(f"no login password is set ({layout.password_file} is missing); set one with `jrd passwd`")
+        token = passwords.ensure_internal_token(layout.internal_token_file)
+        inputs = prepare.gather_inputs(cfg, layout, tls, hashed, token)
+        inputs = self._with_extensions(inputs)
+        files = render_all(inputs)
+        staging = ensure_dir(layout.runtime_dir / "staging", 0o700)
+        prepare.make_dirs(inputs)
+        prepare.stage(files, inputs.nginx_executable, staging)
+        return inputs, files, issued
+
+    def _own_tls(self, cfg: Config, layout: Layout) -> tuple[prepare.TlsFiles, str | None]:
+        return prepare.ensure_own_tls(cfg, layout, self._wall())
+
+    def _with_extensions(self, inputs: RenderInputs) -> RenderInputs:
+        for ext in self.extensions:
+            inputs = ext.adjust_inputs(self, inputs) if hasattr(ext, "adjust_inputs") else inputs
+        return inputs
+
+    def prepare_and_install(self, cfg: Config) -> None:
+        inputs, files, issued = self.build(cfg)
+        if issued:
+            log.info("issued a new TLS certificate (%s)", issued)
+        prepare.install(files)
+        self.inputs, self.files = inputs, files
+
+    def wait_serving(self, deadline: float) -> None:
+        """Wait until Jupyter answers through nginx, or fail with the reason."""
+        last = ""
+        while self._clock() < deadline:
+            result = self.probe_through_nginx(timeout=5)
+            if result.ok:
+                return
+            last = result.error or f"HTTP {result.status}"
+            for name, info in self.supervisor.processes().items():
+                if info.state in (states.FATAL, states.BACKOFF) and name in ("jupyter", "nginx"):
+                    if info.state == states.FATAL or self._clock() + 1 > deadline:
+                        raise StartupError(f"{name} failed to start: {self.log_tail(name)}")
+            time.sleep(0.1)
+        raise StartupError(f"Jupyter did not answer through nginx within {STARTUP_TIMEOUT:.0f} s ({last}); see {self.layout.log_dir}")
+
+    def probe_through_nginx(self, timeout: float) -> probe.ProbeResult:
+        cfg = self.config
+        return probe.get(cfg.local_probe_host, cfg.nginx.port, cfg.jupyter.base_url + "api", tls=True, timeout=timeout)
+
+    def log_tail(self, name: str, lines: int = 3) -> str:
+        path = self.layout.log_file(name)
+        try:
+            text = path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            text = []
+        tail = " | ".join(l.strip() for l in text[-lines:]) or "no output"
+        return f"{tail} (full log: {path})"
+
+    # --- the loop ----------------------------------------------------------------
+    def loop(self) -> None:
+        watchdog = watchdog_interval()
+        if watchdog:
+            self.timers["watchdog"] = self._clock()
+        while True:
+            now = self._clock()
+            timeout = max(0.0, min(self.timers.values(), default=now + 60) - now)
+            try:
+                cmd = self.commands.get(timeout=timeout)
+            except queue.Empty:
+                self._run_timers(watchdog)
+                continue
+            if self._execute(cmd) == "stop":
+                return
+            self._run_timers(watchdog)
+
+    def _execute(self, cmd: Command) -> str | None:
+        handler = self._handlers.get(cmd.name)
+        if handler is None:
+            err = JrdError(f"unknown command {cmd.name!r}")
+            if cmd.reply:
+                cmd.reply.set_exception(err)
+            return None
+        try:
+            result = handler(cmd)
+        except JrdError as exc:
+            if cmd.reply:
+                cmd.reply.set_exception(exc)
+            else:
+                log.error("%s (%s) failed: %s", cmd.name, cmd.source, exc)
+            return None
+        except Exception as exc:  # a bug: keep serving, but say so with the traceback
+            log.exception("%s (%s) failed unexpectedly", cmd.name, cmd.source)
+            if cmd.reply:
+                cmd.reply.set_exception(JrdError(f"internal error: {exc}"))
+            return None
+        if cmd.reply:
+            cmd.reply.set_result(result)
+        return "stop" if cmd.name == "shutdown" else None
+
+    def _run_timers(self, watchdog: float | None) -> None:
+        now = self._clock()
+        for name, due in list(self.timers.items()):
+            if due > now:
+                continue
+            if name == "watchdog" and watchdog:
+                notify("WATCHDOG=1")
+                self.timers[name] = now + watchdog
+            elif name == "cert":
+                self.commands.put(Command("renew_cert", {"force": False}, "timer"))
+                self.timers[name] = now + CERT_RECHECK
+            elif name == "supervise":
+                self._supervise()
+                self.timers[name] = now + 5
+            elif name == "jupyter-restart":
+                self._maybe_restart_jupyter()
+            else:
+                for ext in self.extensions:
+                    if hasattr(ext, "on_timer") and ext.on_timer(self, name):
+                        break
+                else:
+                    del self.timers[name]
+
+    def _supervise(self) -> None:
+        """Notice a dead supervisord, and programs that supervisord gave up on."""
+        if self.supervisord is not None and self.supervisord.poll() is not None:
+            raise SystemExit(
+                f"jrd: supervisord exited unexpectedly (status {self.supervisord.returncode}); "
+                f"see {self.layout.log_dir}/supervisord.log"
+            )
+        try:
+            procs = self.supervisor.processes()
+        except SupervisorError as exc:
+            log.warning("%s", exc)
+            return
+        for name in ("jupyter", "nginx"):
+            info = procs.get(name)
+            if info and info.state == states.FATAL:
+                # supervisord never retries FATAL by itself; jrd does, slowly.
+                log.error("%s gave up starting (FATAL): %s; trying again", name, self.log_tail(name))
+                try:
+                    self.supervisor.start(name, wait=False)
+                except SupervisorError as exc:
+                    log.error("%s", exc)
+
+    # --- handlers ----------------------------------------------------------------
+    def _do_shutdown(self, cmd: Command) -> str:
+        log.info("shutting down (%s)", cmd.source)
+        self._stopping = True
+        return "stopping"
+
+    def _do_status(self, cmd: Command) -> dict[str, Any]:
+        return self.status()
+
+    def status(self) -> dict[str, Any]:
+        procs: dict[str, Any] = {}
+        try:
+            for name, info in self.supervisor.processes().items():
+                procs[name] = {
+                    "state": info.state, "pid": info.pid or None, "uptime_seconds": round(info.uptime, 1),
+                    "restarts": sum(n for (p, _), n in self.restarts.items() if p == name),
+                }
+            supervisor_ok = True
+        except SupervisorError as exc:
+            supervisor_ok = False
+            procs = {"error": str(exc)}
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "url": self.config.url,
+            "config": str(self.config.source) if self.config.source else None,
+            "supervisor": supervisor_ok,
+            "programs": procs,
+            "certificates": self.certificate_status(),
+            "reload": {
+                "last_ok": self.reloads.ok,
+                "last_at": self.reloads.at,
+                "last_success_at": self.reloads.last_success_at,
+                "error": self.reloads.error,
+            },
+            "pending": self.pending(),
+        }
+
+    def pending(self) -> list[str]:
+        out = []
+        if self.pending_restart:
+            out.append(f"restart jupyter ({self.pending_restart['reason']}) when no kernel is busy")
+        return out
+
+    def certificate_status(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        now = self._wall()
+        paths = {"leaf": self.inputs.cert_file if self.inputs else self.layout.leaf_cert}
+        if not self.config.external_tls:
+            paths["ca"] = self.layout.ca_cert
+        for role, path in paths.items():
+            try:
+                cert = certs.load_cert(path)
+            except JrdError as exc:
+                out[role] = {"error": str(exc)}
+                continue
+            out[role] = {
+                "not_after": cert.not_valid_after_utc.timestamp(),
+                "days_left": round((cert.not_valid_after_utc - now).total_seconds() / 86400, 1),
+                "serial": format(cert.serial_number, "x"),
+            }
+        return out
+
+    def _program(self, cmd: Command) -> list[str]:
+        name = cmd.args.get("program", "all")
+        valid = ("jupyter", "nginx")
+        if name == "all":
+            return list(valid)
+        if name not in valid:
+            raise JrdError(f"unknown program {name!r}; valid names are: {', '.join(valid)}, all")
+        return [name]
+
+    def _count_restart(self, program: str, reason: str) -> None:
+        self.restarts[(program, reason)] = self.restarts.get((program, reason), 0) + 1
+
+    def restart_program(self, name: str, reason: str) -> None:
+        """Restart one program the least disruptive way: nginx reloads gracefully."""
+        if name == "nginx" and self.supervisor.process("nginx").running:
+            self.reload_nginx()
+        else:
+            info = self.supervisor.process(name)
+            if info.state in (states.RUNNING, states.STARTING, states.BACKOFF):
+                self.supervisor.stop(name)
+            self.supervisor.start(name)
+        self._count_restart(name, reason)
+        log.info("restarted %s (%s)", name, reason)
+
+    def reload_nginx(self) -> None:
+        """A graceful reload: new workers take new connections, old ones finish theirs."""
+        prepare.nginx.test_config(self.inputs.nginx_executable, self.layout.nginx_conf)
+        self.supervisor.signal("nginx", "HUP")
+
+    def _do_restart(self, cmd: Command) -> dict[str, Any]:
+        for name in self._program(cmd):
+            self.restart_program(name, states.REASON_REQUESTED)
+        if cmd.args.get("program", "all") in ("jupyter", "all"):
+            self.pending_restart = None
+        return {"restarted": self._program(cmd)}
+
+    def _do_start(self, cmd: Command) -> dict[str, Any]:
+        for name in self._program(cmd):
+            if not self.supervisor.process(name).running:
+                self.supervisor.start(name)
+        return {"started": self._program(cmd)}
+
+    def _do_stop(self, cmd: Command) -> dict[str, Any]:
+        for name in self._program(cmd):
+            if self.supervisor.process(name).state in (states.RUNNING, states.STARTING, states.BACKOFF):
+                self.supervisor.stop(name)
+        return {"stopped": self._program(cmd)}
+
+    # --- reload: a transaction -------------------------------------------------
+    def _do_reload(self, cmd: Command) -> dict[str, Any]:
+        try:
+            result = self.reload(cmd.source)
+        except JrdError as exc:
+            self.reloads.ok, self.reloads.at, self.reloads.error = False, time.time(), str(exc)
+            self.reloads.failures += 1
+            log.error("reload (%s) refused, the running config stays: %s", cmd.source, exc)
+            raise
+        self.reloads.ok, self.reloads.at, self.reloads.error = True, time.time(), ""
+        self.reloads.last_success_at = self.reloads.at
+        self.reloads.successes += 1
+        return result
+
+    def reload(self, source: str) -> dict[str, Any]:
+        """Load, render and test the new config; only then switch to it, disturbing as little as possible."""
+        new = self._load()
+        if new.paths != self.config.paths:
+            raise ConfigError(f"{new.source}: [paths] changed; that needs a restart of jrd (`systemctl restart jrd`)")
+        if new.metrics != self.config.metrics:
+            log.warning("[metrics] changes take effect at the next restart of jrd")
+        inputs, files, issued = self.build(new)
+        old = self.files
+        changed = [n for n, f in files.items() if old.get(n) is None or old[n].content != f.content or old[n].path != f.path]
+        prepare.install(files)
+        self.config, self.inputs, self.files = new, inputs, files
+        actions: list[str] = []
+        if "supervisord.conf" in changed:
+            added, changed_groups, removed = self.supervisor.update()
+            actions.append(f"supervisord update (added {added}, changed {changed_groups}, removed {removed})")
+            for name in changed_groups:
+                self._count_restart(name, states.REASON_RELOAD)
+        else:
+            changed_groups = []
+        if "nginx" not in changed_groups and (issued or {"nginx.conf", "ca.pem", "ca.mobileconfig"} & set(changed)):
+            self.reload_nginx()
+            actions.append("nginx reloaded gracefully")
+        if "jupyter_server_config.py" in changed and "jupyter" not in changed_groups:
+            self.schedule_jupyter_restart("its config changed")
+            actions.append(
+                "jupyter restart " + ("now" if new.jupyter.restart_policy == "immediate" else "pending until no kernel is busy")
+            )
+        log.info("reload (%s) applied: %s", source, "; ".join(actions) or "nothing changed")
+        return {"changed": changed, "actions": actions}
+
+    def schedule_jupyter_restart(self, reason: str) -> None:
+        self.pending_restart = {"reason": reason, "since": self._clock()}
+        if self.config.jupyter.restart_policy == "immediate":
+            self._maybe_restart_jupyter()
+        else:
+            self.timers["jupyter-restart"] = self._clock()
+
+    def _maybe_restart_jupyter(self) -> None:
+        pending = self.pending_restart
+        if not pending:
+            self.timers.pop("jupyter-restart", None)
+            return
+        waited = self._clock() - pending["since"]
+        busy = self.busy_kernels() if self.config.jupyter.restart_policy == "idle" else 0
+        if busy and waited < self.config.jupyter.restart_max_wait_seconds:
+            self.timers["jupyter-restart"] = self._clock() + 2
+            return
+        self.pending_restart = None
+        self.timers.pop("jupyter-restart", None)
+        self.restart_program("jupyter", states.REASON_RELOAD)
+
+    def busy_kernels(self) -> int:
+        """How many kernels are executing now, asked of Jupyter with the internal token."""
+        if not self.inputs:
+            return 0
+        cfg = self.config
+        result = probe.get("127.0.0.1", cfg.jupyter.port, cfg.jupyter.base_url + "api/kernels", tls=False,
+                           timeout=5, token=self.inputs.internal_token)
+        if not result.ok:
+            return 0
+        return sum(1 for k in result.json() if k.get("execution_state") == "busy")
+
+    # --- certificates ----------------------------------------------------------
+    def _next_cert_check(self) -> float:
+        """Seconds until the leaf is due, capped at the hourly recheck."""
+        if self.config.external_tls:
+            return CERT_RECHECK
+        leaf = certs.current_leaf(self.layout.leaf_cert, self.layout.leaf_key)
+        if leaf is None:
+            return 0.0
+        decision = certs.renewal_due(leaf, self._wall(), certs.policy_from_config(self.config))
+        wait = (decision.due_at - self._wall()).total_seconds()
+        return max(0.0, min(CERT_RECHECK, wait))
+
+    def _do_renew_cert(self, cmd: Command) -> dict[str, Any]:
+        """Renew the leaf if due (or forced): write atomically, nginx -t, graceful reload."""
+        if self.config.external_tls:
+            return {"renewed": False, "reason": "certificates are external; their owner renews them"}
+        layout, cfg = self.layout, self.config
+        now = self._wall()
+        ca_cert, ca_key, _ = certs.ensure_ca(layout.ca_cert, layout.ca_key, dt.timedelta(days=cfg.tls.ca_lifetime_days), now)
+        policy = certs.policy_from_config(cfg)
+        leaf = certs.current_leaf(layout.leaf_cert, layout.leaf_key)
+        decision = certs.renewal_due(leaf, now, policy, ca_cert) if leaf else certs.Renewal(True, "no usable leaf", now)
+        force = bool(cmd.args.get("force"))
+        if not (decision.due or force):
+            self.timers["cert"] = self._clock() + self._next_cert_check()
+            return {"renewed": False, "reason": f"not due until {decision.due_at:%Y-%m-%d %H:%M} UTC"}
+        reason = "forced" if force and not decision.due else decision.reason
+        new = certs.issue_leaf(ca_cert, ca_key, policy, layout.leaf_cert, layout.leaf_key, now)
+        self.reload_nginx()
+        log.info("renewed the TLS certificate (%s); new serial %x", reason, new.serial_number)
+        self.timers["cert"] = self._clock() + self._next_cert_check()
+        return {"renewed": True, "reason": reason, "serial": format(new.serial_number, "x")}
+
+    # --- stop --------------------------------------------------------------------
+    def stop_stack(self) -> None:
+        """Stop supervisord (it stops Jupyter and nginx gracefully), then anything left."""
+        for ext in reversed(self.extensions):
+            try:
+                ext.stop(self)
+            except Exception:
+                log.exception("stopping %s failed", type(ext).__name__)
+        if self.supervisord is not None:
+            status = stop_supervisord(self.supervisord, timeout=45)
+            if status not in (0, -signal.SIGTERM):
+                log.warning("supervisord exited with status %s", status)
+            self.supervisord = None
+        reap_orphans()
+
+
+def reap_orphans(grace: float = 5.0) -> None:
+    """Terminate, then kill, every child still left (kernels orphaned to us as subreaper)."""
+    me = os.getpid()
+    deadline = time.monotonic() + grace
+    sig = signal.SIGTERM
+    while True:
+        children = _children(me)
+        if not children:
+            return
+        if time.monotonic() > deadline:
+            sig = signal.SIGKILL
+        for pid in children:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        _reap()
+        time.sleep(0.05)
+
+
+def _children(ppid: int) -> list[int]:
+    out = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                stat = f.read().decode(errors="replace")
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == ppid and fields[0] != "Z":
+            out.append(int(entry.name))
+    _reap()
+    return out
+
+
+def _reap() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def preflight_ports(config: Config) -> None:
+    """Fail with a clear sentence if a port that jrd needs is taken."""
+    wanted = [(addr, config.nginx.port, f"[nginx] port") for addr in config.nginx.listen]
+    wanted.append(("127.0.0.1", config.jupyter.port, "[jupyter] port"))
+    if config.metrics.listen:
+        host, _, port = config.metrics.listen.rpartition(":")
+        wanted.append((host, int(port), "[metrics] listen"))
+    for addr, port, key in wanted:
+        host = {"*": "0.0.0.0"}.get(addr, addr).strip("[]")
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, port))
+            except OSError as exc:
+                where = config.source or "the config"
+                if exc.errno == errno.EADDRINUSE:
+                    raise PreflightError(
+                        f"port {port} on {addr} is already in use by another program; stop that program "
+                        f"(`ss -ltnp 'sport = :{port}'` shows it) or change {key} in {where}"
+                    ) from None
+                raise PreflightError(f"cannot listen on {addr}:{port} ({exc.strerror}); check {key} in {where}") from None

@@ -1,0 +1,102 @@
+"""Where every file jrd reads or writes lives, derived from [paths].
+
+One place names the files, so that the renderers, the daemon and the CLIs
+agree on them without passing paths around one by one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from jrd.config import Config
+
+
+@dataclass(frozen=True)
+class Layout:
+    state_dir: Path
+    runtime_dir: Path
+    log_dir: Path
+
+    @classmethod
+    def of(cls, config: Config) -> "Layout":
+        p = config.paths
+        return cls(p.state_dir, p.runtime_dir, p.log_dir)
+
+    def staged(self, runtime_dir: Path) -> "Layout":
+        """The same layout with generated files placed under `runtime_dir` (for checks)."""
+        return Layout(self.state_dir, runtime_dir, self.log_dir)
+
+    # state: kept across restarts
+    @property
+    def tls_dir(self) -> Path:
+        return self.state_dir / "tls"
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.tls_dir / "ca.pem"
+
+    @property
+    def ca_key(self) -> Path:
+        return self.tls_dir / "ca-key.pem"
+
+    @property
+    def leaf_cert(self) -> Path:
+        """The leaf certificate followed by the CA: the chain nginx serves."""
+        return self.tls_dir / "server.pem"
+
+    @property
+    def leaf_key(self) -> Path:
+        return self.tls_dir / "server-key.pem"
+
+    @property
+    def password_file(self) -> Path:
+        return self.state_dir / "password"
+
+    @property
+    def initial_password_file(self) -> Path:
+        return self.state_dir / "initial-password"
+
+    @property
+    def internal_token_file(self) -> Path:
+        return self.state_dir / "internal-token"
+
+    # runtime: regenerated at every start
+    @property
+    def lock_file(self) -> Path:
+        return self.runtime_dir / "jrd.lock"
+
+    @property
+    def control_socket(self) -> Path:
+        return self.runtime_dir / "control.sock"
+
+    @property
+    def supervisor_dir(self) -> Path:
+        return self.runtime_dir / "supervisor"
+
+    @property
+    def supervisor_socket(self) -> Path:
+        return self.supervisor_dir / "supervisor.sock"
+
+    @property
+    def supervisord_conf(self) -> Path:
+        return self.supervisor_dir / "supervisord.conf"
+
+    @property
+    def nginx_dir(self) -> Path:
+        return self.runtime_dir / "nginx"
+
+    @property
+    def nginx_conf(self) -> Path:
+        return self.nginx_dir / "nginx.conf"
+
+    @property
+    def jupyter_dir(self) -> Path:
+        return self.runtime_dir / "jupyter"
+
+    @property
+    def jupyter_conf(self) -> Path:
+        return self.jupyter_dir / "jupyter_server_config.py"
+
+    def log_file(self, program: str) -> Path:
+        return self.log_dir / f"{program}.log"

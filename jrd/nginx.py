@@ -1,0 +1,80 @@
+"""nginx as a tool: find the binary, test a config, read stub_status.
+
+The running nginx is supervised; reloading it is a signal through
+`jrd.supervisor`.  This module only runs `nginx -t` and reads counters.
+"""
+
+from __future__ import annotations
+
+import http.client
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+from jrd.errors import NginxConfigError, PreflightError
+
+
+def find_nginx(binary: str) -> Path:
+    """The nginx executable named by [nginx] binary, or a PreflightError that says how to get one."""
+    found = shutil.which(binary) or shutil.which(binary, path="/usr/sbin:/usr/local/sbin:/sbin")
+    if not found:
+        raise PreflightError(
+            f"nginx is not installed (no {binary!r} on PATH); install it with `apt-get install nginx-light` "
+            "or set [nginx] binary to its path"
+        )
+    return Path(found)
+
+
+def test_config(nginx: Path, conf: Path, timeout: float = 30.0) -> None:
+    """Run `nginx -t` on `conf`; raise NginxConfigError with nginx's own words if it refuses."""
+    try:
+        proc = subprocess.run(
+            [str(nginx), "-t", "-q", "-e", "stderr", "-c", str(conf)],
+            capture_output=True, text=True, timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        raise NginxConfigError(f"`nginx -t` on {conf} did not finish within {timeout:.0f} s") from None
+    if proc.returncode != 0:
+        lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
+        reason = "; ".join(l for l in lines if "[emerg]" in l or "[crit]" in l) or "; ".join(lines[-2:])
+        raise NginxConfigError(f"nginx rejected the rendered config: {reason}")
+
+
+def version(nginx: Path) -> str:
+    proc = subprocess.run([str(nginx), "-v"], capture_output=True, text=True, timeout=10)
+    return proc.stderr.strip().rpartition("/")[2]
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: Path, timeout: float):
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(str(self._path))
+        self.sock = sock
+
+
+def read_stub_status(status_socket: Path, timeout: float = 1.0) -> dict[str, int]:
+    """nginx's stub_status counters: active, accepts, handled, requests, reading, writing, waiting."""
+    conn = _UnixHTTPConnection(status_socket, timeout)
+    try:
+        conn.request("GET", "/stub_status")
+        body = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    return parse_stub_status(body)
+
+
+def parse_stub_status(body: str) -> dict[str, int]:
+    lines = body.split("\n")
+    active = int(lines[0].split(":")[1])
+    accepts, handled, requests = (int(x) for x in lines[2].split())
+    parts = lines[3].split()
+    return {
+        "active": active, "accepts": accepts, "handled": handled, "requests": requests,
+        "reading": int(parts[1]), "writing": int(parts[3]), "waiting": int(parts[5]),
+    }

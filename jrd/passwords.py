@@ -1,0 +1,64 @@
+"""The login password: only its argon2 hash is ever stored (mode 0600).
+
+jrd also keeps a private token that only it uses to ask Jupyter about
+kernels and activity; it is never logged or shown.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+from jrd.errors import JrdError
+from jrd.fsutil import atomic_write, ensure_dir
+
+MIN_LENGTH = 8
+
+
+def hash_password(password: str) -> str:
+    """An argon2 hash in the form PasswordIdentityProvider.hashed_password takes."""
+    from jupyter_server.auth import passwd  # slow import: only when needed
+
+    if len(password) < MIN_LENGTH:
+        raise JrdError(f"the password is too short: use at least {MIN_LENGTH} characters")
+    return passwd(password, algorithm="argon2")
+
+
+def check_password(hashed: str, password: str) -> bool:
+    from jupyter_server.auth import passwd_check
+
+    return passwd_check(hashed, password)
+
+
+def write_password_hash(path: Path, hashed: str) -> None:
+    ensure_dir(path.parent, 0o700)
+    atomic_write(path, hashed + "\n", 0o600)
+
+
+def read_password_hash(path: Path) -> str | None:
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    if not text.startswith(("argon2:", "sha1:")):
+        raise JrdError(f"{path}: not a password hash; set a new password with `jrd passwd`")
+    return text
+
+
+def random_password() -> str:
+    """A password that is easy to type on a tablet: four groups of five."""
+    alphabet = "abcdefghijkmnpqrstuvwxyz23456789"
+    return "-".join("".join(secrets.choice(alphabet) for _ in range(5)) for _ in range(4))
+
+
+def ensure_internal_token(path: Path) -> str:
+    try:
+        token = path.read_text().strip()
+        if len(token) >= 32:
+            return token
+    except FileNotFoundError:
+        pass
+    token = secrets.token_hex(32)
+    ensure_dir(path.parent, 0o700)
+    atomic_write(path, token + "\n", 0o600)
+    return token

@@ -1,0 +1,172 @@
+"""Turn a config into files on disk: gather the facts, render, test, write.
+
+This is the I/O half of rendering.  `gather_inputs` reads the machine and
+the state dir, `jrd.render.render_all` (pure) makes the text, `stage`
+writes it to a scratch directory and runs `nginx -t` there, and `install`
+moves it into the runtime dir with atomic writes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import pwd
+import socket
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from jrd import certs, nginx, passwords, profiles
+from jrd.config import Config
+from jrd.errors import ConfigError, PreflightError
+from jrd.fsutil import atomic_write, ensure_dir
+from jrd.layout import Layout
+from jrd.render import Account, RenderedFile, RenderInputs, nginx_public_dir, nginx_temp_dir, render_all
+
+
+def venv_bin() -> Path:
+    return Path(sys.executable).parent
+
+
+def find_jupyter() -> Path:
+    exe = venv_bin() / "jupyter"
+    if not exe.exists():
+        raise PreflightError(
+            f"Jupyter is not installed beside jrd (no {exe}); install it with `pip install jupyterlab` "
+            "in the same environment, or run `make install`"
+        )
+    return exe
+
+
+def jupyter_account(config: Config) -> Account:
+    """The account Jupyter runs as; root only by explicit opt-in."""
+    where = config.source or "the built-in defaults"
+    name = config.jupyter.user
+    if name:
+        pw = pwd.getpwnam(name)
+    else:
+        pw = pwd.getpwuid(os.geteuid())
+    if os.geteuid() != 0 and pw.pw_uid != os.geteuid():
+        raise ConfigError(
+            f"{where}: [jupyter] user = {name!r} needs jrd to run as root; run jrd as root or leave user empty"
+        )
+    if pw.pw_uid == 0 and not config.jupyter.allow_root:
+        raise ConfigError(
+            f"{where}: Jupyter would run as root; set [jupyter] user to a normal account "
+            "(for example `useradd --create-home jupyter` and user = \"jupyter\"), "
+            "or set [jupyter] allow_root = true if you really mean it"
+        )
+    return Account(pw.pw_name, pw.pw_uid, pw.pw_gid, Path(pw.pw_dir))
+
+
+def nginx_worker_user() -> str:
+    for name in ("www-data", "nobody"):
+        try:
+            pwd.getpwnam(name)
+            return name
+        except KeyError:
+            continue
+    return "nobody"
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    cert: Path
+    key: Path
+    ca_pem: bytes | None
+
+
+def ensure_own_tls(config: Config, layout: Layout, now: dt.datetime) -> tuple[TlsFiles, str | None]:
+    """Make sure jrd's CA and a current leaf exist; returns the files and why a leaf was issued."""
+    ca_cert, ca_key, _ = certs.ensure_ca(layout.ca_cert, layout.ca_key, dt.timedelta(days=config.tls.ca_lifetime_days), now)
+    policy = certs.policy_from_config(config)
+    leaf = certs.current_leaf(layout.leaf_cert, layout.leaf_key)
+    reason = None
+    if leaf is None:
+        reason = "no usable leaf certificate"
+    else:
+        decision = certs.renewal_due(leaf, now, policy, ca_cert)
+        if decision.due:
+            reason = decision.reason
+    if reason:
+        certs.issue_leaf(ca_cert, ca_key, policy, layout.leaf_cert, layout.leaf_key, now)
+    return TlsFiles(layout.leaf_cert, layout.leaf_key, certs.pem(ca_cert)), reason
+
+
+def external_tls(config: Config) -> TlsFiles:
+    assert config.tls.cert_file and config.tls.key_file
+    certs.load_pair(config.tls.cert_file, config.tls.key_file)
+    return TlsFiles(config.tls.cert_file, config.tls.key_file, None)
+
+
+def gather_inputs(config: Config, layout: Layout, tls: TlsFiles, hashed_password: str, token: str) -> RenderInputs:
+    ca_cert = None
+    mobileconfig = None
+    if tls.ca_pem is not None and config.tls.serve_ca:
+        from cryptography import x509
+
+        ca_cert = x509.load_pem_x509_certificate(tls.ca_pem)
+        mobileconfig = profiles.mobileconfig(ca_cert, socket.gethostname())
+    return RenderInputs(
+        config=config,
+        layout=layout,
+        jupyter_executable=find_jupyter(),
+        nginx_executable=nginx.find_nginx(config.nginx.binary),
+        python_executable=Path(sys.executable),
+        jupyter_account=jupyter_account(config),
+        hashed_password=hashed_password,
+        internal_token=token,
+        cert_file=tls.cert,
+        key_file=tls.key,
+        running_as_root=os.geteuid() == 0,
+        nginx_worker_user=nginx_worker_user(),
+        ca_pem=tls.ca_pem if config.tls.serve_ca else None,
+        ca_mobileconfig=mobileconfig,
+        event_listener_command=None,
+    )
+
+
+def make_dirs(inp: RenderInputs) -> None:
+    """The runtime and log directories, each with the narrowest mode that works."""
+    layout = inp.layout
+    acct = inp.jupyter_account
+    root = inp.running_as_root
+    ensure_dir(layout.state_dir, 0o700)
+    ensure_dir(layout.runtime_dir, 0o755)
+    ensure_dir(layout.log_dir, 0o750)
+    ensure_dir(layout.supervisor_dir, 0o700)
+    ensure_dir(layout.nginx_dir, 0o755)
+    ensure_dir(nginx_public_dir(inp.layout), 0o755)
+    worker = pwd.getpwnam(inp.nginx_worker_user) if root else None
+    ensure_dir(nginx_temp_dir(inp.layout), 0o700, (worker.pw_uid, worker.pw_gid) if worker else None)
+    owner = (acct.uid, acct.gid) if root else None
+    ensure_dir(layout.jupyter_dir, 0o700, owner)
+    ensure_dir(layout.jupyter_dir / "runtime", 0o700, owner)
+    root_dir = inp.config.jupyter.root_dir
+    if root_dir is not None and not root_dir.exists():
+        ensure_dir(root_dir, 0o755, owner)
+
+
+def install(files: dict[str, RenderedFile]) -> list[str]:
+    """Write every rendered file atomically; return the names of those that changed."""
+    changed = []
+    for name, f in files.items():
+        ensure_dir(f.path.parent, f.path.parent.stat().st_mode & 0o7777 if f.path.parent.exists() else 0o755)
+        if atomic_write(f.path, f.content, f.mode, f.owner):
+            changed.append(name)
+    return changed
+
+
+def stage(files: dict[str, RenderedFile], nginx_exe: Path, into: Path) -> Path:
+    """Write a copy of the rendered nginx.conf into `into` and `nginx -t` it; return its path."""
+    staged = into / "nginx.conf"
+    atomic_write(staged, files["nginx.conf"].content, 0o644)
+    nginx.test_config(nginx_exe, staged)
+    return staged
+
+
+def check_files(files: dict[str, RenderedFile], nginx_exe: Path) -> None:
+    """Test the rendered nginx config in a throwaway directory."""
+    with tempfile.TemporaryDirectory(prefix="jrd-check-") as tmp:
+        stage(files, nginx_exe, Path(tmp))
