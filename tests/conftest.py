@@ -1,0 +1,307 @@
+"""Shared fixtures: a real jrd (supervisord, nginx, Jupyter) in a temp dir on loopback ports."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+import requests
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+JRD = str(BIN / "jrd")
+JRDCTL = str(BIN / "jrdctl")
+TEST_USER = "jrdtest"
+PASSWORD = "correct horse battery staple"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "integration" in item.nodeid or item.get_closest_marker("integration"):
+            item.add_marker(pytest.mark.integration)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.05) -> object:
+    """Poll `predicate` until it returns something truthy, or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # noqa: BLE001 - reported below if it never succeeds
+            last_exc = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}" + (f" (last error: {last_exc})" if last_exc else ""))
+
+
+def ensure_test_user() -> str:
+    """A throwaway non-root account for Jupyter, as a real install would use."""
+    if os.geteuid() != 0:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    try:
+        pwd.getpwnam(TEST_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", TEST_USER], check=True)
+    return TEST_USER
+
+
+def venv_usable_by(user: str) -> bool:
+    if os.geteuid() != 0 or user == "root":
+        return True
+    proc = subprocess.run(["runuser", "-u", user, "--", sys.executable, "-c", "import jupyter_server"],
+                          capture_output=True)
+    return proc.returncode == 0
+
+
+def pids_alive(pids: list[int]) -> list[int]:
+    alive = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] != "Z":
+                    alive.append(pid)
+        except FileNotFoundError:
+            pass
+    return alive
+
+
+def descendants(root: int) -> list[int]:
+    """Every process below `root`, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [root]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def kernel_pids(root: int) -> list[int]:
+    """Kernel processes below `root`."""
+    out = []
+    for pid in descendants(root):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"ipykernel" in f.read():
+                    out.append(pid)
+        except FileNotFoundError:
+            pass
+    return out
+
+
+class Jrd:
+    """One jrd under test: its dirs, config, process and HTTPS helpers."""
+
+    def __init__(self, base: Path, extra_config: str = "", user: str | None = None):
+        self.base = base
+        self.port = free_port()
+        self.jupyter_port = free_port()
+        self.metrics_port = free_port()
+        self.user = user or ensure_test_user()
+        self.allow_root = self.user == "root"
+        if not venv_usable_by(self.user):
+            sys.stderr.write(
+                f"\n*** WARNING: the venv at {BIN.parent} is not readable by {self.user!r}; "
+                "Jupyter runs as root in these tests. Put the checkout under a world-readable "
+                "directory to test the unprivileged account. ***\n"
+            )
+            self.user, self.allow_root = "root", True
+        self.notebooks = base / "notebooks"
+        self.config_path = base / "jrd.toml"
+        self.proc: subprocess.Popen[str] | None = None
+        self.output: list[str] = []
+        self.write_config(extra_config)
+
+    def config_text(self, extra: str = "", **overrides: str) -> str:
+        sections = {
+            "jupyter": f'user = "{self.user}"\nallow_root = {str(self.allow_root).lower()}\nport = {self.jupyter_port}\n'
+            f'root_dir = "{self.notebooks}"\nrestart_policy = "immediate"\n',
+            "nginx": f'listen = ["127.0.0.1"]\nport = {self.port}\n',
+            "tls": 'names = ["jrd.test"]\nip_addresses = ["127.0.0.2"]\n',
+            "metrics": f'listen = "127.0.0.1:{self.metrics_port}"\n',
+            "paths": f'state_dir = "{self.base}/state"\nruntime_dir = "{self.base}/run"\nlog_dir = "{self.base}/log"\n',
+        }
+        for name, body in overrides.items():
+            sections[name] = sections.get(name, "") + body
+        text = "".join(f"[{name}]\n{body}\n" for name, body in sections.items())
+        return text + textwrap.dedent(extra)
+
+    def write_config(self, extra: str = "", **overrides: str) -> None:
+        self.config_path.write_text(self.config_text(extra, **overrides))
+
+    @property
+    def state(self) -> Path:
+        return self.base / "state"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.base / "run"
+
+    @property
+    def ca(self) -> Path:
+        return self.state / "tls" / "ca.pem"
+
+    def jrd(self, *args: str, input: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([JRD, *args, "--config", str(self.config_path)], input=input,
+                              capture_output=True, text=True, timeout=timeout)
+
+    def jrdctl(self, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([JRDCTL, "--config", str(self.config_path), *args],
+                              capture_output=True, text=True, timeout=timeout)
+
+    def set_password(self, password: str = PASSWORD) -> None:
+        res = self.jrd("passwd", "--stdin", input=password + "\n")
+        assert res.returncode == 0, res.stderr
+
+    def start(self, timeout: float = 120) -> "Jrd":
+        if not (self.state / "password").exists():
+            self.set_password()
+        log = open(self.base / "jrd.out", "w")
+        self.proc = subprocess.Popen([JRD, "run", "--config", str(self.config_path)], stdout=log,
+                                     stderr=subprocess.STDOUT, text=True)
+
+        def serving() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"jrd exited with {self.proc.returncode}:\n{self.read_output()}")
+            return "is serving" in self.read_output()
+
+        wait_for(serving, timeout, "jrd to report serving")
+        return self
+
+    def read_output(self) -> str:
+        return (self.base / "jrd.out").read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            for pid in descendants(self.proc.pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"jrd did not stop within {timeout} s")
+
+    # --- HTTPS through nginx -------------------------------------------------
+    def url(self, path: str = "/") -> str:
+        return f"https://127.0.0.1:{self.port}{path}"
+
+    def session(self) -> requests.Session:
+        s = requests.Session()
+        s.trust_env = False  # REQUESTS_CA_BUNDLE would override verify
+        s.verify = str(self.ca)
+        # Connect to 127.0.0.1 but present a configured name, as a browser would.
+        s.headers["Host"] = f"localhost:{self.port}"
+        return s
+
+    def login(self, password: str = PASSWORD) -> requests.Session:
+        s = self.session()
+        s.get(self.url("/login"))
+        xsrf = s.cookies.get("_xsrf")
+        r = s.post(self.url("/login"), data={"password": password, "_xsrf": xsrf}, allow_redirects=False)
+        assert r.status_code == 302, f"login failed: HTTP {r.status_code}"
+        s.headers["X-XSRFToken"] = s.cookies.get("_xsrf")
+        return s
+
+    def supervisor_pid(self, program: str) -> int:
+        out = subprocess.run(
+            [sys.executable, "-m", "supervisor.supervisorctl", "-c", str(self.run_dir / "supervisor" / "supervisord.conf"),
+             "pid", program], capture_output=True, text=True, timeout=30)
+        return int(out.stdout.strip() or 0)
+
+    def serving(self) -> bool:
+        try:
+            return self.session().get(self.url("/api"), timeout=5).status_code == 200
+        except requests.RequestException:
+            return False
+
+
+def short_tmp() -> Path:
+    # Unix socket paths must stay under 108 bytes, so keep the base short,
+    # and world-traversable so that the Jupyter account can reach its files.
+    base = Path(tempfile.mkdtemp(prefix="jrd-", dir="/tmp"))
+    base.chmod(0o755)
+    return base
+
+
+@pytest.fixture
+def tmp_base() -> Iterator[Path]:
+    base = short_tmp()
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def make_jrd() -> Iterator[Callable[..., Jrd]]:
+    made: list[Jrd] = []
+
+    def make(extra_config: str = "", **kw: str) -> Jrd:
+        j = Jrd(short_tmp(), extra_config, **kw)
+        made.append(j)
+        return j
+
+    yield make
+    for j in made:
+        try:
+            j.stop(signal.SIGTERM, timeout=60)
+        finally:
+            shutil.rmtree(j.base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def running_jrd() -> Iterator[Jrd]:
+    """One jrd shared by a test module (starting one takes a few seconds)."""
+    j = Jrd(short_tmp())
+    j.start()
+    yield j
+    j.stop(signal.SIGTERM, timeout=60)
+    shutil.rmtree(j.base, ignore_errors=True)
+
+
+def tls_peer_cert(host: str, port: int, ca: Path, server_name: str = "localhost") -> dict:
+    ctx = ssl.create_default_context(cafile=str(ca))
+    with socket.create_connection((host, port), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname=server_name) as tls:
+            return tls.getpeercert()
+
+
+def tls_peer_der(host: str, port: int, server_name: str = "localhost") -> bytes:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with socket.create_connection((host, port), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname=server_name) as tls:
+            return tls.getpeercert(binary_form=True)

@@ -1,0 +1,213 @@
+"""Issue 2: the whole stack, really run: supervisord, nginx and JupyterLab over HTTPS."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import time
+import uuid
+
+import pytest
+import websocket
+
+from conftest import PASSWORD, Jrd, descendants, kernel_pids, pids_alive, tls_peer_cert, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def test_lab_served_over_https_with_expected_sans(running_jrd: Jrd) -> None:
+    s = running_jrd.login()
+    r = s.get(running_jrd.url("/lab"))
+    assert r.status_code == 200
+    assert "JupyterLab" in r.text
+    cert = tls_peer_cert("127.0.0.1", running_jrd.port, running_jrd.ca, server_name="jrd.test")
+    sans = set(cert["subjectAltName"])
+    assert {("DNS", "jrd.test"), ("DNS", "localhost"), ("IP Address", "127.0.0.1"), ("IP Address", "127.0.0.2")} <= sans
+
+
+def test_tls_13_is_preferred_and_12_still_works(running_jrd: Jrd) -> None:
+    for maximum, expected in ((ssl.TLSVersion.TLSv1_3, "TLSv1.3"), (ssl.TLSVersion.TLSv1_2, "TLSv1.2")):
+        ctx = ssl.create_default_context(cafile=str(running_jrd.ca))
+        ctx.maximum_version = maximum
+        with socket.create_connection(("127.0.0.1", running_jrd.port), timeout=10) as raw:
+            with ctx.wrap_socket(raw, server_hostname="jrd.test") as tls:
+                assert tls.version() == expected
+
+
+def test_password_login_and_wrong_password_refused(running_jrd: Jrd) -> None:
+    s = running_jrd.login()
+    assert s.get(running_jrd.url("/api/status")).status_code == 200
+    anon = running_jrd.session()
+    assert anon.get(running_jrd.url("/api/status")).status_code == 403
+    anon.get(running_jrd.url("/login"))
+    r = anon.post(running_jrd.url("/login"), data={"password": "wrong password", "_xsrf": anon.cookies.get("_xsrf")},
+                  allow_redirects=False)
+    assert r.status_code != 302
+    assert anon.get(running_jrd.url("/api/status")).status_code == 403
+
+
+def test_unknown_host_is_refused_by_nginx(running_jrd: Jrd) -> None:
+    s = running_jrd.session()
+    r = s.get(running_jrd.url("/api"), headers={"Host": f"evil.example:{running_jrd.port}"})
+    assert r.status_code == 421
+    assert "not configured" in r.text
+
+
+def test_cross_origin_api_request_is_blocked(running_jrd: Jrd) -> None:
+    s = running_jrd.login()
+    ok = s.post(running_jrd.url("/api/contents"), json={"type": "notebook"},
+                headers={"Origin": f"https://localhost:{running_jrd.port}"})
+    assert ok.status_code == 201
+    bad = s.post(running_jrd.url("/api/contents"), json={"type": "notebook"}, headers={"Origin": "https://evil.example"})
+    assert bad.status_code in (403, 404)
+
+
+def execute(ws: websocket.WebSocket, code: str, timeout: float = 60) -> str:
+    msg_id = uuid.uuid4().hex
+    ws.send(json.dumps({
+        "header": {"msg_id": msg_id, "username": "test", "session": uuid.uuid4().hex, "msg_type": "execute_request",
+                   "version": "5.3"},
+        "parent_header": {}, "metadata": {}, "channel": "shell",
+        "content": {"code": code, "silent": False, "store_history": False, "user_expressions": {},
+                    "allow_stdin": False, "stop_on_error": True},
+    }))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ws.settimeout(max(0.1, deadline - time.monotonic()))
+        msg = json.loads(ws.recv())
+        if msg.get("parent_header", {}).get("msg_id") != msg_id:
+            continue
+        if msg["msg_type"] == "execute_result":
+            return msg["content"]["data"]["text/plain"]
+        if msg["msg_type"] == "error":
+            raise AssertionError(f"kernel error: {msg['content']['ename']}")
+    raise AssertionError("no execute_result before the deadline")
+
+
+def open_kernel_ws(j: Jrd, s, kernel_id: str) -> websocket.WebSocket:  # type: ignore[no-untyped-def]
+    cookie = "; ".join(f"{c.name}={c.value}" for c in s.cookies)
+    return websocket.create_connection(
+        f"wss://127.0.0.1:{j.port}/api/kernels/{kernel_id}/channels",
+        sslopt={"ca_certs": str(j.ca)}, cookie=cookie, host=f"localhost:{j.port}",
+        origin=f"https://localhost:{j.port}", header=[f"X-XSRFToken: {s.cookies.get('_xsrf')}"], timeout=60,
+    )
+
+
+def test_kernel_runs_code_over_websocket_through_nginx(running_jrd: Jrd) -> None:
+    s = running_jrd.login()
+    kernel = s.post(running_jrd.url("/api/kernels"), json={"name": "python3"}).json()
+    ws = open_kernel_ws(running_jrd, s, kernel["id"])
+    try:
+        assert execute(ws, "1+1") == "2"
+    finally:
+        ws.close()
+        s.delete(running_jrd.url(f"/api/kernels/{kernel['id']}"))
+
+
+def test_saving_a_notebook_larger_than_1mb_works(running_jrd: Jrd) -> None:
+    s = running_jrd.login()
+    big = "x" * (3 * 1024 * 1024)
+    nb = {"cells": [{"cell_type": "markdown", "metadata": {}, "source": big}], "metadata": {}, "nbformat": 4,
+          "nbformat_minor": 5}
+    r = s.put(running_jrd.url("/api/contents/big.ipynb"), json={"type": "notebook", "content": nb})
+    assert r.status_code in (200, 201), r.text[:200]
+    back = s.get(running_jrd.url("/api/contents/big.ipynb")).json()
+    assert back["content"]["cells"][0]["source"] == big
+
+
+def test_static_bundles_are_gzipped(running_jrd: Jrd) -> None:
+    s = running_jrd.login()
+    page = s.get(running_jrd.url("/lab")).text
+    import re
+
+    js = re.search(r'src="([^"]+\.js[^"]*)"', page)
+    assert js, "no script in the lab page"
+    r = s.get(running_jrd.url(js.group(1)), headers={"Accept-Encoding": "gzip"}, stream=True)
+    assert r.headers.get("Content-Encoding") == "gzip"
+
+
+def test_jupyter_runs_as_the_configured_user_on_loopback(running_jrd: Jrd) -> None:
+    pid = running_jrd.supervisor_pid("jupyter")
+    uid = os.stat(f"/proc/{pid}").st_uid
+    import pwd
+
+    assert pwd.getpwuid(uid).pw_name == running_jrd.user
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.2", running_jrd.jupyter_port), timeout=2).close()
+
+
+def test_secret_files_are_private(running_jrd: Jrd) -> None:
+    for path in ("password", "internal-token", "tls/server-key.pem", "tls/ca-key.pem"):
+        mode = (running_jrd.state / path).stat().st_mode & 0o777
+        assert mode == 0o600, f"{path} has mode {oct(mode)}"
+    sock = running_jrd.run_dir / "supervisor" / "supervisor.sock"
+    assert sock.stat().st_mode & 0o077 == 0
+    assert (running_jrd.run_dir / "supervisor").stat().st_mode & 0o077 == 0
+    assert PASSWORD not in running_jrd.read_output()
+    token = (running_jrd.state / "internal-token").read_text().strip()
+    logs = "".join(p.read_text(errors="replace") for p in (running_jrd.base / "log").glob("*.log"))
+    assert token not in logs and token not in running_jrd.read_output()
+
+
+def test_killed_jupyter_is_restarted_and_serves_again(running_jrd: Jrd) -> None:
+    old = running_jrd.supervisor_pid("jupyter")
+    os.kill(old, signal.SIGKILL)
+    wait_for(lambda: running_jrd.supervisor_pid("jupyter") not in (0, old), 30, "a new Jupyter pid")
+    wait_for(running_jrd.serving, 60, "Jupyter to serve through nginx again")
+    assert running_jrd.login().get(running_jrd.url("/api/status")).status_code == 200
+
+
+def test_sigterm_stops_everything_including_kernels(make_jrd) -> None:  # type: ignore[no-untyped-def]
+    j = make_jrd().start()
+    s = j.login()
+    s.post(j.url("/api/kernels"), json={"name": "python3"})
+    wait_for(lambda: kernel_pids(j.proc.pid), 60, "a kernel process")
+    procs = descendants(j.proc.pid)
+    assert len(procs) >= 5  # supervisord, jupyter, nginx master and workers, the kernel
+    assert j.stop(signal.SIGTERM) == 0
+    assert pids_alive(procs) == []
+
+
+def test_sigkill_of_jrd_leaves_nothing_behind(make_jrd) -> None:  # type: ignore[no-untyped-def]
+    j = make_jrd().start()
+    s = j.login()
+    s.post(j.url("/api/kernels"), json={"name": "python3"})
+    wait_for(lambda: kernel_pids(j.proc.pid), 60, "a kernel process")
+    procs = descendants(j.proc.pid)
+    j.proc.kill()
+    j.proc.wait()
+    wait_for(lambda: pids_alive(procs) == [], 30, f"processes {pids_alive(procs)} to exit after SIGKILL of jrd")
+
+
+def test_second_instance_on_same_runtime_dir_is_refused(running_jrd: Jrd) -> None:
+    res = subprocess.run([running_jrd.proc.args[0], "run", "--config", str(running_jrd.config_path)],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode != 0
+    assert "already running" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert running_jrd.serving()
+
+
+def test_busy_port_gives_a_clear_error(make_jrd) -> None:  # type: ignore[no-untyped-def]
+    j = make_jrd()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", j.port))
+        busy.listen()
+        res = j.jrd("run", timeout=60)
+    assert res.returncode != 0
+    assert f"port {j.port}" in res.stderr and "in use" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_missing_nginx_binary_gives_a_clear_error(make_jrd) -> None:  # type: ignore[no-untyped-def]
+    j = make_jrd()
+    j.write_config(nginx='binary = "/nonexistent/nginx"\n')
+    j.set_password()
+    res = j.jrd("run", timeout=60)
+    assert res.returncode != 0
+    assert "nginx is not installed" in res.stderr
+    assert "Traceback" not in res.stderr
