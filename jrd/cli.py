@@ -71,15 +71,14 @@ def check_config(config: Config) -> None:
     """Render every derived file into a temporary directory and `nginx -t` it; change nothing real."""
     real = Layout.of(config)
     with tempfile.TemporaryDirectory(prefix="jrd-check-") as tmp:
-        layout = Layout(real.state_dir, Path(tmp) / "run", Path(tmp) / "log")
+        layout = Layout(Path(tmp) / "state", Path(tmp) / "run", Path(tmp) / "log")
         if config.external_tls:
             tls = prepare.external_tls(config)
         elif certs.current_leaf(real.leaf_cert, real.leaf_key) is not None:
             tls = prepare.TlsFiles(real.leaf_cert, real.leaf_key, real.ca_cert.read_bytes())
         else:
             # No certificate yet: test with a throwaway one, leave the state dir alone.
-            scratch = Layout(Path(tmp) / "state", layout.runtime_dir, layout.log_dir)
-            tls, _ = prepare.ensure_own_tls(config, scratch, certs.utcnow())
+            tls, _ = prepare.ensure_own_tls(config, layout, certs.utcnow())
         hashed = passwords.read_password_hash(real.password_file) if real.password_file.exists() else None
         inputs = prepare.gather_inputs(config, layout, tls, hashed or "argon2:placeholder", "0" * 64)
         files = render_all(inputs)

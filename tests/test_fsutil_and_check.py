@@ -1,0 +1,88 @@
+"""Atomic writes, and `jrd check` against the real nginx."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from jrd.fsutil import atomic_write
+
+from conftest import JRD, Jrd
+
+
+def test_atomic_write_reports_change_and_sets_mode(tmp_path: Path) -> None:
+    f = tmp_path / "a.conf"
+    assert atomic_write(f, "one", 0o600) is True
+    assert f.read_text() == "one"
+    assert f.stat().st_mode & 0o777 == 0o600
+    inode = f.stat().st_ino
+    assert atomic_write(f, "one", 0o600) is False
+    assert f.stat().st_ino == inode  # untouched when nothing changed
+    assert atomic_write(f, "one", 0o644) is True  # a mode change is a change
+    assert atomic_write(f, "two", 0o644) is True
+    assert f.read_text() == "two"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.conf"]  # no temp files left
+
+
+def test_atomic_write_failure_keeps_the_old_file(tmp_path: Path) -> None:
+    f = tmp_path / "a.conf"
+    atomic_write(f, "old")
+    os.chmod(tmp_path, 0o500)
+    try:
+        if os.geteuid() == 0:
+            # root ignores directory permissions; simulate with a missing directory instead
+            os.chmod(tmp_path, 0o700)
+            try:
+                atomic_write(tmp_path / "missing" / "a.conf", "new")
+            except FileNotFoundError:
+                pass
+        else:
+            try:
+                atomic_write(f, "new")
+            except PermissionError:
+                pass
+    finally:
+        os.chmod(tmp_path, 0o700)
+    assert f.read_text() == "old"
+
+
+def test_check_accepts_a_good_config_and_creates_nothing(make_jrd) -> None:  # type: ignore[no-untyped-def]
+    j: Jrd = make_jrd()
+    res = j.jrd("check")
+    assert res.returncode == 0, res.stderr
+    assert "OK" in res.stdout
+    assert not j.state.exists() and not j.run_dir.exists()
+
+
+def test_check_shows_nginx_message_when_nginx_rejects(make_jrd) -> None:  # type: ignore[no-untyped-def]
+    j: Jrd = make_jrd()
+    j.write_config(nginx='client_max_body_size = "99999999999999999999g"\n')
+    res = j.jrd("check")
+    assert res.returncode == 4
+    assert "nginx rejected the rendered config" in res.stderr
+    assert "client_max_body_size" in res.stderr  # nginx's own words
+    assert "Traceback" not in res.stderr
+
+
+def test_run_with_config_nginx_rejects_starts_nothing(make_jrd) -> None:  # type: ignore[no-untyped-def]
+    j: Jrd = make_jrd()
+    j.write_config(nginx='client_max_body_size = "99999999999999999999g"\n')
+    j.set_password()
+    res = j.jrd("run")
+    assert res.returncode == 4
+    assert "nginx rejected" in res.stderr
+    out = subprocess.run(["pgrep", "-f", str(j.run_dir)], capture_output=True, text=True)
+    assert out.stdout.strip() == ""
+
+
+def test_check_refuses_corrupt_external_certificate(make_jrd, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    j: Jrd = make_jrd()
+    cert, key = tmp_path / "fullchain.pem", tmp_path / "privkey.pem"
+    cert.write_text("-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n")
+    key.write_text("not a key")
+    j.write_config(tls=f'cert_file = "{cert}"\nkey_file = "{key}"\n')
+    res = subprocess.run([JRD, "check", "--config", str(j.config_path)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 5
+    assert str(cert) in res.stderr
+    assert "Traceback" not in res.stderr

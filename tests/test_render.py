@@ -1,0 +1,117 @@
+"""Pure rendering: what the nginx, Jupyter and supervisord configs say, and that nginx accepts them."""
+
+from __future__ import annotations
+
+import ast
+import configparser
+from pathlib import Path
+
+import pytest
+
+from jrd.config import parse_config
+from jrd.layout import Layout
+from jrd.render import Account, RenderInputs, fill, render_all, render_jupyter_config, render_nginx_conf, render_supervisord_conf
+
+
+def inputs(toml: str = "", root: bool = True, **kw: object) -> RenderInputs:
+    cfg = parse_config(toml or '[tls]\nnames = ["lab.example.com"]\n')
+    base = dict(
+        config=cfg, layout=Layout(Path("/s"), Path("/r"), Path("/l")), jupyter_executable=Path("/v/bin/jupyter"),
+        nginx_executable=Path("/usr/sbin/nginx"), python_executable=Path("/v/bin/python"),
+        jupyter_account=Account("alice", 1000, 1000, Path("/home/alice")), hashed_password="argon2:HASH",
+        internal_token="T" * 64, cert_file=Path("/s/tls/server.pem"), key_file=Path("/s/tls/server-key.pem"),
+        running_as_root=root, ca_pem=b"PEM",
+    )
+    base.update(kw)
+    return RenderInputs(**base)  # type: ignore[arg-type]
+
+
+def code_lines(text: str) -> str:
+    return "\n".join(l for l in text.splitlines() if not l.lstrip().startswith("#"))
+
+
+def test_fill_requires_every_value_and_uses_each() -> None:
+    assert fill("a {{x}} b", x=1) == "a 1 b"
+    with pytest.raises(KeyError):
+        fill("a {{x}} {{y}}", x=1)
+    with pytest.raises(KeyError):
+        fill("a {{x}}", x=1, z=2)
+
+
+def test_nginx_conf_follows_the_field_notes() -> None:
+    conf = render_nginx_conf(inputs())
+    assert "ssl on;" not in code_lines(conf)
+    assert "listen 0.0.0.0:8888 ssl http2;" in conf
+    assert "map $http_upgrade $connection_upgrade" in conf
+    for line in (
+        "proxy_http_version 1.1;", "proxy_set_header Upgrade $http_upgrade;",
+        "proxy_set_header Connection $connection_upgrade;", "proxy_set_header Host $http_host;",
+        "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;", "proxy_set_header X-Forwarded-Proto $scheme;",
+        "proxy_buffering off;", "client_max_body_size 1g;", "proxy_read_timeout 86400s;", "proxy_send_timeout 86400s;",
+        "ssl_protocols TLSv1.2 TLSv1.3;", "gzip on;", "daemon off;",
+    ):
+        assert line in conf, line
+    assert "application/javascript" in conf and "image/svg+xml" in conf and "text/css" in conf
+    assert "server_name lab.example.com localhost 127.0.0.1 [::1];" in conf
+    assert "return 421" in conf
+    assert "user www-data;" not in conf  # worker user given explicitly below
+
+
+def test_nginx_worker_user_only_as_root() -> None:
+    assert "user nobody;" in render_nginx_conf(inputs(root=True, nginx_worker_user="nobody"))
+    assert "\nuser " not in render_nginx_conf(inputs(root=False))
+
+
+def test_nginx_ipv6_listen_and_http2_switch() -> None:
+    conf = render_nginx_conf(inputs('[nginx]\nlisten = ["[::]", "127.0.0.1"]\nhttp2 = false\nport = 9443\n'))
+    assert "listen [::]:9443 ssl;" in conf
+    assert "listen 127.0.0.1:9443 ssl;" in conf
+
+
+def test_jupyter_config_is_safe_python() -> None:
+    text = render_jupyter_config(inputs('[tls]\nnames = ["lab.example.com"]\n'))
+    ast.parse(text)
+    assert "allow_origin" not in code_lines(text)
+    assert 'c.ServerApp.ip = "127.0.0.1"' in text
+    assert "c.ServerApp.port_retries = 0" in text
+    assert "c.ServerApp.open_browser = False" in text
+    assert "c.ServerApp.trust_xheaders = True" in text
+    assert "c.PasswordIdentityProvider.hashed_password = 'argon2:HASH'" in text
+    assert "c.ServerApp.local_hostnames = ['lab.example.com', 'localhost']" in text
+    assert "c.ServerApp.allow_remote_access = False" in text
+    assert "c.ServerApp.allow_root = False" in text
+
+
+def test_public_ip_needs_remote_access_which_nginx_then_guards() -> None:
+    text = render_jupyter_config(inputs('[tls]\nip_addresses = ["203.0.113.7"]\n'))
+    assert "c.ServerApp.allow_remote_access = True" in text
+    assert "203.0.113.7" in render_nginx_conf(inputs('[tls]\nip_addresses = ["203.0.113.7"]\n'))
+
+
+def test_supervisord_conf_runs_jupyter_as_its_user_and_kills_the_group() -> None:
+    parser = configparser.RawConfigParser()
+    parser.read_string(render_supervisord_conf(inputs()))
+    jup = parser["program:jupyter"]
+    assert jup["user"] == "alice"
+    assert jup["stopasgroup"] == "true" and jup["killasgroup"] == "true"
+    assert jup["command"].startswith("/v/bin/jupyter lab --config=/r/jupyter/jupyter_server_config.py")
+    assert 'HOME="/home/alice"' in jup["environment"]
+    assert jup["stdout_logfile"] == "/l/jupyter.log"
+    assert parser["program:nginx"]["stopsignal"] == "QUIT"
+    assert parser["unix_http_server"]["chmod"] == "0700"
+    assert parser["supervisord"]["nodaemon"] == "true"
+
+
+def test_supervisord_conf_without_root_has_no_user_switch() -> None:
+    parser = configparser.RawConfigParser()
+    parser.read_string(render_supervisord_conf(inputs(root=False)))
+    assert "user" not in parser["program:jupyter"]
+
+
+def test_render_all_modes_and_owners() -> None:
+    files = render_all(inputs())
+    assert files["jupyter_server_config.py"].mode == 0o600
+    assert files["jupyter_server_config.py"].owner == (1000, 1000)
+    assert files["supervisord.conf"].mode == 0o600
+    assert files["ca.pem"].content == b"PEM"
+    assert "ca.mobileconfig" not in files
