@@ -151,7 +151,9 @@ class Daemon:
         self.wait_serving(self._clock() + STARTUP_TIMEOUT)
         self.timers["cert"] = self._clock() + self._next_cert_check()
         self.timers["supervise"] = self._clock() + 5
-        self._announce(f"jrd {__version__} is serving JupyterLab at {cfg.url}")
+        host = cfg.local_probe_host if ":" not in cfg.local_probe_host else f"[{cfg.local_probe_host}]"
+        local = cfg.url.replace(cfg.url.split("/")[2], f"{host}:{cfg.nginx.port}")
+        self._announce(f"jrd {__version__} is serving JupyterLab at {cfg.url} (from this machine: {local})")
         if password_note:
             self._announce(password_note)
         notify(f"READY=1\nSTATUS=serving {cfg.url}\nMAINPID={os.getpid()}")
