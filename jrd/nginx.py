@@ -7,6 +7,7 @@ The running nginx is supervised; reloading it is a signal through
 from __future__ import annotations
 
 import http.client
+import re
 import shutil
 import socket
 import subprocess
@@ -41,9 +42,18 @@ def test_config(nginx: Path, conf: Path, timeout: float = 30.0) -> None:
         raise NginxConfigError(f"nginx rejected the rendered config: {reason}")
 
 
-def version(nginx: Path) -> str:
+def version(nginx: Path) -> tuple[int, int, int]:
+    """The binary's version, from `nginx -v` ("nginx version: nginx/1.22.1")."""
     proc = subprocess.run([str(nginx), "-v"], capture_output=True, text=True, timeout=10)
-    return proc.stderr.strip().rpartition("/")[2]
+    return parse_version(proc.stderr)
+
+
+def parse_version(text: str) -> tuple[int, int, int]:
+    match = re.search(r"nginx/(\d+)\.(\d+)\.(\d+)", text)
+    if not match:
+        return (1, 22, 1)
+    major, minor, patch = (int(g) for g in match.groups())
+    return (major, minor, patch)
 
 
 class _UnixHTTPConnection(http.client.HTTPConnection):

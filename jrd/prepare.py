@@ -108,11 +108,13 @@ def gather_inputs(config: Config, layout: Layout, tls: TlsFiles, hashed_password
 
         ca_cert = x509.load_pem_x509_certificate(tls.ca_pem)
         mobileconfig = profiles.mobileconfig(ca_cert, socket.gethostname())
+    nginx_exe = nginx.find_nginx(config.nginx.binary)
     return RenderInputs(
         config=config,
         layout=layout,
         jupyter_executable=find_jupyter(),
-        nginx_executable=nginx.find_nginx(config.nginx.binary),
+        nginx_executable=nginx_exe,
+        nginx_version=nginx.version(nginx_exe),
         python_executable=Path(sys.executable),
         jupyter_account=jupyter_account(config),
         hashed_password=hashed_password,

@@ -115,3 +115,13 @@ def test_render_all_modes_and_owners() -> None:
     assert files["supervisord.conf"].mode == 0o600
     assert files["ca.pem"].content == b"PEM"
     assert "ca.mobileconfig" not in files
+
+
+def test_current_nginx_gets_http2_on_instead_of_listen_http2() -> None:
+    from jrd.nginx import parse_version
+
+    assert parse_version("nginx version: nginx/1.27.3\n") == (1, 27, 3)
+    conf = render_nginx_conf(inputs(nginx_version=(1, 27, 3)))
+    assert "listen 0.0.0.0:8888 ssl;" in conf
+    assert "http2 on;" in conf
+    assert "http2 on;" not in render_nginx_conf(inputs(nginx_version=(1, 22, 1)))

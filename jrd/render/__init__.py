@@ -50,6 +50,8 @@ class RenderInputs:
     ca_pem: bytes | None = None
     ca_mobileconfig: bytes | None = None
     event_listener_command: str | None = None
+    # (major, minor, patch) of the nginx binary: 1.25.1 replaced `listen ... http2` with `http2 on;`.
+    nginx_version: tuple[int, int, int] = (1, 22, 1)
 
 
 @dataclass(frozen=True)
@@ -97,11 +99,13 @@ def nginx_pid_file(layout: Layout) -> Path:
 def render_nginx_conf(inp: RenderInputs) -> str:
     cfg, layout = inp.config, inp.layout
     ng = cfg.nginx
-    http2 = " http2" if ng.http2 else ""
-    listen = "\n".join(f"        listen {addr}:{ng.port} ssl{http2};" for addr in ng.listen)
+    http2_directive = inp.nginx_version >= (1, 25, 1)
+    http2 = " http2" if ng.http2 and not http2_directive else ""
+    http2_on = "\n        http2 on;" if ng.http2 and http2_directive else ""
+    listen = "\n".join(f"        listen {addr}:{ng.port} ssl{http2};" for addr in ng.listen) + http2_on
     listen_default = "\n".join(
         f"        listen {addr}:{ng.port} ssl{http2} default_server;" for addr in ng.listen
-    )
+    ) + http2_on
     names = " ".join(_nginx_host(h) for h in cfg.accepted_hosts)
     public = nginx_public_dir(layout)
     ca_locations = ""
