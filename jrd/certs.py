@@ -86,6 +86,17 @@ def san_of(cert: x509.Certificate) -> tuple[frozenset[str], frozenset[str]]:
     return names, ips
 
 
+def renewal_margin(lifetime: dt.timedelta, policy: LeafPolicy) -> dt.timedelta:
+    """How long before expiry a leaf of `lifetime` is due: the larger of the two thresholds.
+
+    `renew_before` may bring renewal forward to the middle of the lifetime but
+    no further, so that a short leaf (say 7 days, with the default 30-day
+    `renew_before`) is not due the moment it is issued.
+    """
+    by_fraction = lifetime * policy.renew_when_remaining
+    return max(by_fraction, min(policy.renew_before, lifetime / 2))
+
+
 def renewal_due(cert: x509.Certificate, now: dt.datetime, policy: LeafPolicy, ca: x509.Certificate | None = None) -> Renewal:
     """Decide whether `cert` must be renewed at `now` under `policy`.
 
@@ -94,9 +105,7 @@ def renewal_due(cert: x509.Certificate, now: dt.datetime, policy: LeafPolicy, ca
     it has less than the renewal threshold of its lifetime left.
     """
     not_before, not_after = cert.not_valid_before_utc, cert.not_valid_after_utc
-    lifetime = not_after - not_before
-    margin = max(lifetime * policy.renew_when_remaining, policy.renew_before)
-    due_at = not_after - margin
+    due_at = not_after - renewal_margin(not_after - not_before, policy)
 
     names, ips = san_of(cert)
     want_names = frozenset(n.lower() for n in policy.dns_names)
@@ -179,6 +188,8 @@ def make_leaf(
 ) -> tuple[x509.Certificate, PrivateKey]:
     """A new leaf for `policy`, signed by the CA: SANs, serverAuth, SHA-256, random 128-bit serial."""
     lifetime = min(policy.lifetime, dt.timedelta(days=APPLE_MAX_LEAF_DAYS))
+    # A leaf that outlives its CA would stop verifying when the CA expires.
+    not_after = min(now - BACKDATE + lifetime, ca_cert.not_valid_after_utc)
     key = generate_key(policy.key_type)
     cn = (policy.dns_names or policy.ip_addresses)[0]
     sans: list[x509.GeneralName] = [x509.DNSName(n) for n in policy.dns_names]
@@ -192,7 +203,7 @@ def make_leaf(
         # 128 random bits, top bit clear so that the DER integer stays positive.
         .serial_number(int.from_bytes(os.urandom(16), "big") >> 1 | 1)
         .not_valid_before(now - BACKDATE)
-        .not_valid_after(now - BACKDATE + lifetime)
+        .not_valid_after(not_after)
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
@@ -229,6 +240,23 @@ def key_pem(key: PrivateKey) -> bytes:
 
 def fingerprint(cert: x509.Certificate) -> str:
     return cert.fingerprint(hashes.SHA256()).hex(":").upper()
+
+
+def describe(cert: x509.Certificate, now: dt.datetime) -> dict[str, object]:
+    """What a person (or a metric) wants to know about a certificate, as plain values."""
+    names, ips = san_of(cert)
+    not_after = cert.not_valid_after_utc
+    return {
+        "subject": cert.subject.rfc4514_string(),
+        "issuer": cert.issuer.rfc4514_string(),
+        "sans": [f"DNS:{n}" for n in sorted(names)] + [f"IP:{i}" for i in sorted(ips)],
+        "serial": format(cert.serial_number, "x"),
+        "not_before": cert.not_valid_before_utc.timestamp(),
+        "not_after": not_after.timestamp(),
+        "days_left": round((not_after - now).total_seconds() / 86400, 1),
+        "sha256": fingerprint(cert),
+        "key_type": key_type_of(cert.public_key()),
+    }
 
 
 def key_matches(cert: x509.Certificate, key: PrivateKey) -> bool:
@@ -291,19 +319,42 @@ def write_pair(cert_path: Path, key_path: Path, chain_pem: bytes, key_bytes: byt
 
     Both are written to synced temp files and checked to match before either
     is moved into place, so nginx (which reads them only when told to reload)
-    only ever finds a matching pair.
+    only ever finds a matching pair.  If the certificate cannot be moved into
+    place after the key was, the old key is put back from a hard link, which
+    needs no free space, so a failure halfway leaves the old pair intact.
     """
     ensure_dir(cert_path.parent, 0o700)
     tmp_key = write_temp(key_path, key_bytes, 0o600)
-    tmp_cert = write_temp(cert_path, chain_pem, 0o644)
+    backup = key_path.with_name(f".{key_path.name}.old")
+    try:
+        tmp_cert = write_temp(cert_path, chain_pem, 0o644)
+    except BaseException:
+        tmp_key.unlink(missing_ok=True)
+        raise
     try:
         load_pair(tmp_cert, tmp_key)
+        backup.unlink(missing_ok=True)
+        had_key = _link_if_exists(key_path, backup)
         os.replace(tmp_key, key_path)
-        os.replace(tmp_cert, cert_path)
+        try:
+            os.replace(tmp_cert, cert_path)
+        except BaseException:
+            if had_key:
+                os.replace(backup, key_path)
+            raise
         fsync_dir(cert_path.parent)
     finally:
         tmp_key.unlink(missing_ok=True)
         tmp_cert.unlink(missing_ok=True)
+        backup.unlink(missing_ok=True)
+
+
+def _link_if_exists(src: Path, dst: Path) -> bool:
+    try:
+        os.link(src, dst)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def ensure_ca(cert_path: Path, key_path: Path, lifetime: dt.timedelta, now: dt.datetime) -> tuple[x509.Certificate, PrivateKey, bool]:

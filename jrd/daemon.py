@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from jrd import __version__, certs, passwords, prepare, probe, states
+from jrd import __version__, certs, passwords, prepare, probe, renewal, states
 from jrd.config import Config, load_config
 from jrd.errors import ConfigError, JrdError, PreflightError, StartupError, SupervisorError
 from jrd.fsutil import atomic_write, ensure_dir
@@ -85,6 +85,7 @@ class Daemon:
         self.files: dict[str, RenderedFile] = {}
         self.reloads = ReloadRecord()
         self.restarts: dict[tuple[str, str], int] = {}
+        self.certificates = renewal.CertManager(wall=wall)
         self.pending_restart: dict[str, Any] | None = None
         self.started_at = time.time()
         self.timers: dict[str, float] = {}
@@ -229,6 +230,8 @@ class Daemon:
         return inputs
 
     def prepare_and_install(self, cfg: Config) -> None:
+        if cfg.external_tls:
+            self.certificates.external_loaded = renewal.external_digest(cfg)
         inputs, files, issued = self.build(cfg)
         if issued:
             log.info("issued a new TLS certificate (%s)", issued)
@@ -394,23 +397,8 @@ class Daemon:
         return out
 
     def certificate_status(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        now = self._wall()
-        paths = {"leaf": self.inputs.cert_file if self.inputs else self.layout.leaf_cert}
-        if not self.config.external_tls:
-            paths["ca"] = self.layout.ca_cert
-        for role, path in paths.items():
-            try:
-                cert = certs.load_cert(path)
-            except JrdError as exc:
-                out[role] = {"error": str(exc)}
-                continue
-            out[role] = {
-                "not_after": cert.not_valid_after_utc.timestamp(),
-                "days_left": round((cert.not_valid_after_utc - now).total_seconds() / 86400, 1),
-                "serial": format(cert.serial_number, "x"),
-            }
-        return out
+        """The served leaf (and jrd's CA), renewal counts and the last success; see jrd.renewal."""
+        return self.certificates.status(self.config, self.layout, self.inputs.cert_file if self.inputs else None)
 
     def _program(self, cmd: Command) -> list[str]:
         name = cmd.args.get("program", "all")
@@ -482,6 +470,9 @@ class Daemon:
         if new.metrics != self.config.metrics:
             log.warning("[metrics] changes take effect at the next restart of jrd")
         inputs, files, issued = self.build(new)
+        # An external pair that changed on disk (a certbot symlink flip) needs an nginx reload
+        # even though no rendered file changed.
+        external_changed = self.certificates.external_changed(new) if new.external_tls else None
         old = self.files
         changed = [n for n, f in files.items() if old.get(n) is None or old[n].content != f.content or old[n].path != f.path]
         prepare.install(files)
@@ -494,9 +485,19 @@ class Daemon:
                 self._count_restart(name, states.REASON_RELOAD)
         else:
             changed_groups = []
-        if "nginx" not in changed_groups and (issued or {"nginx.conf", "ca.pem", "ca.mobileconfig"} & set(changed)):
+        if "nginx" not in changed_groups and (
+            issued or external_changed or {"nginx.conf", "ca.pem", "ca.mobileconfig"} & set(changed)
+        ):
             self.reload_nginx()
             actions.append("nginx reloaded gracefully")
+        if external_changed:
+            self.certificates.external_loaded = external_changed
+            actions.append("external certificate changed")
+        if issued:
+            leaf = certs.current_leaf(self.layout.leaf_cert, self.layout.leaf_key)
+            self.certificates.note_issued(leaf.serial_number if leaf else 0)
+            actions.append(f"new TLS certificate ({issued})")
+        self.timers["cert"] = self._clock() + self._next_cert_check()
         if "jupyter_server_config.py" in changed and "jupyter" not in changed_groups:
             self.schedule_jupyter_restart("its config changed")
             actions.append(
@@ -539,36 +540,28 @@ class Daemon:
 
     # --- certificates ----------------------------------------------------------
     def _next_cert_check(self) -> float:
-        """Seconds until the leaf is due, capped at the hourly recheck."""
-        if self.config.external_tls:
-            return CERT_RECHECK
-        leaf = certs.current_leaf(self.layout.leaf_cert, self.layout.leaf_key)
-        if leaf is None:
-            return 0.0
-        decision = certs.renewal_due(leaf, self._wall(), certs.policy_from_config(self.config))
-        wait = (decision.due_at - self._wall()).total_seconds()
-        return max(0.0, min(CERT_RECHECK, wait))
+        """Seconds until the next certificate check (see jrd.renewal.CertManager.next_check)."""
+        return self.certificates.next_check(self.config, self.layout)
 
     def _do_renew_cert(self, cmd: Command) -> dict[str, Any]:
-        """Renew the leaf if due (or forced): write atomically, nginx -t, graceful reload."""
-        if self.config.external_tls:
-            return {"renewed": False, "reason": "certificates are external; their owner renews them"}
-        layout, cfg = self.layout, self.config
-        now = self._wall()
-        ca_cert, ca_key, _ = certs.ensure_ca(layout.ca_cert, layout.ca_key, dt.timedelta(days=cfg.tls.ca_lifetime_days), now)
-        policy = certs.policy_from_config(cfg)
-        leaf = certs.current_leaf(layout.leaf_cert, layout.leaf_key)
-        decision = certs.renewal_due(leaf, now, policy, ca_cert) if leaf else certs.Renewal(True, "no usable leaf", now)
-        force = bool(cmd.args.get("force"))
-        if not (decision.due or force):
+        """Renew the leaf if due (or forced) through jrd.renewal; only nginx reloads, never Jupyter."""
+        try:
+            if self.config.external_tls:
+                state = self.certificates.check_external(self.config)
+                if state.get("changed"):
+                    # The file watcher normally reloads on a change; this catches a missed event.
+                    self.submit("reload", "certificate check")
+                return {"renewed": False, "reason": "certificates are external; their owner renews them", **state}
+            return self.certificates.renew(
+                self.config, self.layout, force=bool(cmd.args.get("force")), reload_nginx=self.reload_nginx
+            )
+        except JrdError:
+            if cmd.reply is not None:
+                raise
+            # The manager has counted and logged the failure once; a timer has no one to tell.
+            return {"renewed": False, "error": self.certificates.record.last_error}
+        finally:
             self.timers["cert"] = self._clock() + self._next_cert_check()
-            return {"renewed": False, "reason": f"not due until {decision.due_at:%Y-%m-%d %H:%M} UTC"}
-        reason = "forced" if force and not decision.due else decision.reason
-        new = certs.issue_leaf(ca_cert, ca_key, policy, layout.leaf_cert, layout.leaf_key, now)
-        self.reload_nginx()
-        log.info("renewed the TLS certificate (%s); new serial %x", reason, new.serial_number)
-        self.timers["cert"] = self._clock() + self._next_cert_check()
-        return {"renewed": True, "reason": reason, "serial": format(new.serial_number, "x")}
 
     # --- stop --------------------------------------------------------------------
     def stop_stack(self) -> None:
