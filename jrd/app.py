@@ -11,11 +11,16 @@ from typing import Callable
 
 from jrd.config import Config
 from jrd.daemon import Daemon
+from jrd.events import ProgramEvents
+from jrd.health import HealthMonitor
+from jrd.metrics import MetricsServer
 
 
 def build_daemon(config: Config, loader: Callable[[], Config], interactive: bool) -> Daemon:
     announce = print_flush if interactive else None
     daemon = Daemon(config, config_loader=loader, announce=announce, show_password=interactive)
+    health = HealthMonitor()
+    daemon.extensions += [ProgramEvents(), health, MetricsServer(health)]
     return daemon
 
 

@@ -109,6 +109,12 @@ class Daemon:
         self.commands.put(Command(name, args, source, fut))
         return fut
 
+    def add_handler(self, name: str, handler: Callable[[Command], Any]) -> None:
+        """Let an extension carry out its own command on the main loop (the one command path)."""
+        if name in self._handlers:
+            raise ValueError(f"a handler for {name!r} exists already")
+        self._handlers[name] = handler
+
     def _on_signal(self, signum: int, _frame: Any) -> None:
         # Only enqueue: SimpleQueue.put is safe to call from a signal handler.
         name = "reload" if signum == signal.SIGHUP else "shutdown"
@@ -430,8 +436,11 @@ class Daemon:
         self.supervisor.signal("nginx", "HUP")
 
     def _do_restart(self, cmd: Command) -> dict[str, Any]:
+        reason = cmd.args.get("reason", states.REASON_REQUESTED)
+        if reason not in states.RESTART_REASONS:
+            raise JrdError(f"unknown restart reason {reason!r}; valid reasons are: {', '.join(states.RESTART_REASONS)}")
         for name in self._program(cmd):
-            self.restart_program(name, states.REASON_REQUESTED)
+            self.restart_program(name, reason)
         if cmd.args.get("program", "all") in ("jupyter", "all"):
             self.pending_restart = None
         return {"restarted": self._program(cmd)}

@@ -1,0 +1,193 @@
+"""Health probing beyond "the process exists": policy, and the probes themselves.
+
+supervisord only knows that a process exists.  A Jupyter stopped with
+SIGSTOP, or stuck in a loop, stays RUNNING for ever while serving nothing.
+jrd therefore probes each program on `[health] interval_seconds`:
+
+* Jupyter directly, `GET /api` on its loopback port: no authentication,
+  and Jupyter does not count it as activity, so probing never keeps an
+  idle server "active";
+* nginx by its own `stub_status` on the private unix socket, which nginx
+  answers without Jupyter, so a Jupyter failure is never blamed on nginx.
+
+`judge` is the policy, a pure function: `failure_threshold` failures in a
+row while supervisord says RUNNING make a program unhealthy, and jrd
+restarts it through the daemon's one command path with reason="unhealthy".
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from jrd import nginx, probe, states
+from jrd.errors import SupervisorError
+from jrd.render import nginx_status_socket
+
+log = logging.getLogger("jrd")
+
+PROGRAMS = ("jupyter", "nginx")
+# A program that has not answered once since it started gets this long before
+# its failures count: Jupyter takes seconds to answer after supervisord
+# calls it RUNNING, and a slow VM takes longer.
+STARTUP_GRACE_SECONDS = 120.0
+TIMER = "health"
+
+
+@dataclass(frozen=True)
+class ProbeOutcome:
+    """One probe of one program."""
+
+    program: str
+    ok: bool
+    latency: float
+    error: str = ""
+    at: float = 0.0  # wall-clock time of the probe
+
+
+@dataclass(frozen=True)
+class Tracker:
+    """What the policy remembers about one program between probes."""
+
+    start: float = 0.0  # supervisord's start time of the instance being watched
+    answered: bool = False  # has this instance passed a probe yet?
+    failures: int = 0  # consecutive failures that count
+
+
+@dataclass(frozen=True)
+class Verdict:
+    tracker: Tracker
+    restart: bool = False
+
+
+def judge(prev: Tracker, *, state: str, start: float, uptime: float, ok: bool, threshold: int,
+          grace: float = STARTUP_GRACE_SECONDS) -> Verdict:
+    """Fold one probe into the tracker; restart when `threshold` failures in a row count."""
+    if state != states.RUNNING:
+        # Not claiming to run: supervisord's own business (it restarts crashes).
+        return Verdict(Tracker(start))
+    if start != prev.start:
+        prev = Tracker(start)  # a new instance starts with a clean slate
+    if ok:
+        return Verdict(Tracker(start, True, 0))
+    if not prev.answered and uptime < grace:
+        return Verdict(prev)  # still starting up; not a failure yet
+    failures = prev.failures + 1
+    if failures >= threshold:
+        return Verdict(Tracker(start, prev.answered, 0), restart=True)
+    return Verdict(Tracker(start, prev.answered, failures))
+
+
+# --- the probes (I/O) -------------------------------------------------------------
+
+
+def probe_jupyter(daemon: Any, timeout: float) -> ProbeOutcome:
+    cfg = daemon.config
+    at = time.time()
+    result = probe.get("127.0.0.1", cfg.jupyter.port, cfg.jupyter.base_url + "api", tls=False, timeout=timeout)
+    error = "" if result.ok else (result.error or f"HTTP {result.status}")
+    return ProbeOutcome("jupyter", result.ok, result.latency, error, at)
+
+
+def probe_nginx(daemon: Any, timeout: float) -> ProbeOutcome:
+    at = time.time()
+    start = time.monotonic()
+    try:
+        nginx.read_stub_status(nginx_status_socket(daemon.layout), timeout=timeout)
+    except (OSError, ValueError, IndexError) as exc:
+        return ProbeOutcome("nginx", False, time.monotonic() - start, f"{exc.__class__.__name__}: {exc}", at)
+    return ProbeOutcome("nginx", True, time.monotonic() - start, "", at)
+
+
+PROBES: dict[str, Callable[[Any, float], ProbeOutcome]] = {"jupyter": probe_jupyter, "nginx": probe_nginx}
+
+
+# --- the daemon extension -----------------------------------------------------------
+
+
+@dataclass
+class HealthMonitor:
+    """Daemon extension: probe on a timer, judge on the main loop, restart through `submit`.
+
+    Probes run in short-lived threads so that a hung program delays no
+    command; their outcomes come back to the main loop as `health_result`
+    commands.  `last` holds the latest outcome per program for the metrics.
+    """
+
+    probes: dict[str, Callable[[Any, float], ProbeOutcome]] = field(default_factory=lambda: dict(PROBES))
+    clock: Callable[[], float] = time.monotonic
+    last: dict[str, ProbeOutcome] = field(default_factory=dict)
+    trackers: dict[str, Tracker] = field(default_factory=dict)
+    _in_flight: set[str] = field(default_factory=set)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def start(self, daemon: Any) -> None:
+        daemon.add_handler("health_result", lambda cmd: self.on_result(daemon, cmd.args["outcome"]))
+        daemon.timers[TIMER] = self.clock() + daemon.config.health.interval_seconds
+
+    def stop(self, daemon: Any) -> None:
+        daemon.timers.pop(TIMER, None)
+
+    def on_timer(self, daemon: Any, name: str) -> bool:
+        if name != TIMER:
+            return False
+        health = daemon.config.health
+        for program, run in self.probes.items():
+            with self._lock:
+                if program in self._in_flight:
+                    continue  # the last probe is still waiting on its timeout
+                self._in_flight.add(program)
+            threading.Thread(target=self._probe, args=(daemon, program, run, health.timeout_seconds),
+                             name=f"jrd-probe-{program}", daemon=True).start()
+        daemon.timers[TIMER] = self.clock() + health.interval_seconds
+        return True
+
+    def _probe(self, daemon: Any, program: str, run: Callable[[Any, float], ProbeOutcome], timeout: float) -> None:
+        try:
+            outcome = run(daemon, timeout)
+        except Exception as exc:  # a bug in a probe must not kill probing
+            log.exception("probing %s failed unexpectedly", program)
+            outcome = ProbeOutcome(program, False, 0.0, f"internal error: {exc}", time.time())
+        finally:
+            with self._lock:
+                self._in_flight.discard(program)
+        daemon.submit("health_result", "health", outcome=outcome)
+
+    def on_result(self, daemon: Any, outcome: ProbeOutcome) -> bool:
+        """On the main loop: judge one outcome; ask for a restart if the program is unhealthy."""
+        self.last[outcome.program] = outcome
+        try:
+            info = daemon.supervisor.process(outcome.program)
+        except SupervisorError as exc:
+            log.warning("health: %s", exc)
+            return False
+        prev = self.trackers.get(outcome.program, Tracker())
+        threshold = daemon.config.health.failure_threshold
+        verdict = judge(prev, state=info.state, start=info.start, uptime=info.uptime, ok=outcome.ok,
+                        threshold=threshold)
+        self.trackers[outcome.program] = verdict.tracker
+        if not outcome.ok and verdict.tracker.failures:
+            log.warning("health: %s failed its probe (%d of %d in a row): %s", outcome.program,
+                        verdict.tracker.failures, threshold, outcome.error)
+        if not verdict.restart:
+            return False
+        log.error("health: %s failed %d probes in a row while supervisord says RUNNING (last: %s); "
+                  "restarting it as unhealthy", outcome.program, threshold, outcome.error)
+        try:
+            # A stopped (SIGSTOP) process cannot act on SIGTERM; continue it so
+            # that it shuts down gracefully, kernels included, instead of
+            # being killed after stopwaitsecs.
+            daemon.supervisor.signal(outcome.program, "CONT")
+        except SupervisorError:
+            pass
+        done = daemon.submit("restart", "health", program=outcome.program, reason=states.REASON_UNHEALTHY)
+        done.add_done_callback(lambda f: f.exception() and log.error(
+            "health: restarting %s as unhealthy failed: %s", outcome.program, f.exception()))
+        return True
+
+    def failures(self, program: str) -> int:
+        tracker = self.trackers.get(program)
+        return tracker.failures if tracker else 0

@@ -1,0 +1,409 @@
+"""Prometheus metrics, read from live state at scrape time.
+
+`JrdCollector` asks each source when Prometheus scrapes: supervisord over
+XML-RPC, /proc for the program trees, the certificate files, nginx's
+`stub_status` on its private unix socket, Jupyter's `/api/status` and
+`/api/kernels` with the internal token, and the daemon's own counters.
+Every call has a short timeout and failures are contained per source: a
+hung child costs a scrape at most `timeout` per source and shows up as
+`jrd_scrape_collector_success{collector=...} 0` (and, for supervisord,
+as `jrd_supervisord_up 0` with every program UNKNOWN), never as a hang.
+
+`MetricsServer` is the daemon extension that serves `/metrics` on
+`[metrics] listen` from a private registry.
+"""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from jrd import __version__, nginx, probe, states
+from jrd.errors import JrdError
+from jrd.render import nginx_status_socket
+from jrd.supervisor import ProcessInfo, Supervisor
+
+log = logging.getLogger("jrd")
+
+PROGRAMS = ("jupyter", "nginx")
+# Per source; a scrape that meets hung children takes at most a few of these.
+SCRAPE_CALL_TIMEOUT = 2.0
+# Failures that a source may raise and that mean "this source is down".
+SOURCE_ERRORS = (JrdError, OSError, ValueError, KeyError, TypeError, IndexError, http.client.HTTPException)
+
+
+# --- program trees in /proc ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TreeUsage:
+    """Resources of a process and all of its descendants."""
+
+    processes: int
+    rss_bytes: int
+    cpu_seconds: float
+
+
+class ProcReader:
+    """Reads process trees from /proc (injected root, for tests)."""
+
+    def __init__(self, root: Path = Path("/proc")):
+        self.root = root
+        self.ticks = os.sysconf("SC_CLK_TCK")
+        self.page = os.sysconf("SC_PAGE_SIZE")
+
+    def children(self, pid: int) -> list[int]:
+        out: list[int] = []
+        try:
+            tasks = os.listdir(self.root / str(pid) / "task")
+        except OSError:
+            return out
+        for tid in tasks:
+            try:
+                out.extend(int(c) for c in (self.root / str(pid) / "task" / tid / "children").read_text().split())
+            except OSError:
+                continue
+        return out
+
+    def tree(self, pid: int) -> list[int]:
+        out, todo = [], [pid]
+        while todo:
+            p = todo.pop()
+            out.append(p)
+            todo.extend(self.children(p))
+        return out
+
+    def usage(self, pid: int) -> TreeUsage:
+        """RSS and CPU of `pid` and its descendants (kernels are children of Jupyter).
+
+        CPU counts each process's own time plus its reaped children's
+        (cutime/cstime), so a kernel that exits keeps its share and the
+        counter only resets when the program itself restarts.
+        """
+        count, rss, ticks = 0, 0, 0
+        for p in self.tree(pid):
+            try:
+                stat = (self.root / str(p) / "stat").read_text()
+                statm = (self.root / str(p) / "statm").read_text()
+            except OSError:
+                continue  # it exited meanwhile
+            fields = stat.rsplit(")", 1)[1].split()
+            # fields[0] is field 3 of proc(5): utime is 14, stime 15, cutime 16, cstime 17
+            ticks += sum(int(f) for f in fields[11:15])
+            rss += int(statm.split()[1]) * self.page
+            count += 1
+        return TreeUsage(count, rss, ticks / self.ticks)
+
+
+# --- Jupyter's API ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JupyterActivity:
+    kernels: int
+    busy_kernels: int
+    connections: int
+    last_activity: float  # Unix time
+    started: float  # Unix time
+
+
+def _iso_to_unix(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def jupyter_activity(daemon: Any, timeout: float) -> JupyterActivity:
+    """Ask Jupyter with the internal token; neither request counts as user activity."""
+    if daemon.inputs is None:
+        raise JrdError("the daemon has not rendered its config yet")
+    cfg, token = daemon.config, daemon.inputs.internal_token
+    base = cfg.jupyter.base_url
+
+    def get(path: str) -> Any:
+        result = probe.get("127.0.0.1", cfg.jupyter.port, base + path, tls=False, timeout=timeout, token=token)
+        if not result.ok:
+            raise JrdError(f"Jupyter {path}: {result.error or f'HTTP {result.status}'}")
+        return result.json()
+
+    status = get("api/status")  # marked _track_activity = False by Jupyter itself
+    kernels = get("api/kernels?no_track_activity=1")
+    return JupyterActivity(
+        kernels=int(status["kernels"]),
+        busy_kernels=sum(1 for k in kernels if k.get("execution_state") == "busy"),
+        connections=int(status["connections"]),
+        last_activity=_iso_to_unix(status["last_activity"]),
+        started=_iso_to_unix(status["started"]),
+    )
+
+
+# --- the collector ----------------------------------------------------------------------------
+
+
+def _gauge(name: str, doc: str, labels: Iterable[str] = ()) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, labels=list(labels))
+
+
+def _counter(name: str, doc: str, labels: Iterable[str] = ()) -> CounterMetricFamily:
+    return CounterMetricFamily(name, doc, labels=list(labels))
+
+
+class JrdCollector:
+    """Reads jrd's state when scraped; every source bounded and failing on its own."""
+
+    def __init__(
+        self,
+        daemon: Any,
+        health: Any = None,
+        *,
+        supervisor: Supervisor | None = None,
+        procs: ProcReader | None = None,
+        jupyter: Callable[[Any, float], JupyterActivity] = jupyter_activity,
+        stub_status: Callable[[Path, float], dict[str, int]] = nginx.read_stub_status,
+        timeout: float = SCRAPE_CALL_TIMEOUT,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.daemon = daemon
+        self.health = health
+        # Its own client with a short timeout: a scrape must not wait as long as a command may.
+        self.supervisor = supervisor or Supervisor(daemon.layout.supervisor_socket, timeout=timeout)
+        self.procs = procs or ProcReader()
+        self._jupyter = jupyter
+        self._stub_status = stub_status
+        self.timeout = timeout
+        self._clock = clock
+
+    def _source(self, name: str, call: Callable[[], Any], results: list[tuple[str, bool, float]]) -> Any:
+        start = self._clock()
+        try:
+            value = call()
+        except SOURCE_ERRORS as exc:
+            log.debug("metrics: %s unavailable: %s", name, exc)
+            value = None
+        results.append((name, value is not None, self._clock() - start))
+        return value
+
+    def collect(self) -> Iterator[Metric]:
+        sources: list[tuple[str, bool, float]] = []
+        procs = self._source("supervisord", self.supervisor.processes, sources)
+        yield from self._programs(procs)
+        yield from self._restarts()
+        if procs is not None:
+            trees = self._source("proc", lambda: {n: self.procs.usage(i.pid) for n, i in procs.items()
+                                                  if n in PROGRAMS and i.pid}, sources)
+            yield from self._trees(trees or {})
+        certificates = self._source("certificates", self.daemon.certificate_status, sources)
+        yield from self._certificates(certificates or {})
+        yield from self._reloads()
+        activity = self._source("jupyter", lambda: self._jupyter(self.daemon, self.timeout), sources)
+        yield from self._jupyter_metrics(activity)
+        stub = self._source("nginx", lambda: self._stub_status(nginx_status_socket(self.daemon.layout), self.timeout),
+                            sources)
+        yield from self._nginx(stub)
+        yield from self._probes()
+        info = _gauge("jrd_build_info", "jrd's version; always 1.", ["version"])
+        info.add_metric([__version__], 1)
+        yield info
+        ok = _gauge("jrd_scrape_collector_success", "Whether a source answered this scrape (1) or failed (0).",
+                    ["collector"])
+        took = _gauge("jrd_scrape_collector_duration_seconds", "How long a source took to answer this scrape.",
+                      ["collector"])
+        for name, success, seconds in sources:
+            ok.add_metric([name], 1 if success else 0)
+            took.add_metric([name], seconds)
+        yield ok
+        yield took
+
+    # --- supervised programs -------------------------------------------------------
+    def _programs(self, procs: dict[str, ProcessInfo] | None) -> Iterator[Metric]:
+        sup = _gauge("jrd_supervisord_up", "Whether supervisord answered this scrape over XML-RPC.")
+        sup.add_metric([], 0 if procs is None else 1)
+        yield sup
+        up = _gauge("jrd_program_up", "Whether supervisord reports the program RUNNING (0 if supervisord is unresponsive).",
+                    ["program"])
+        state = _gauge("jrd_program_state", "The program's supervisord state: 1 for the current one, 0 for the others.",
+                       ["program", "state"])
+        started = _gauge("jrd_program_start_timestamp_seconds", "When the running program started, as a Unix time.",
+                         ["program"])
+        for name in PROGRAMS:
+            info = procs.get(name) if procs is not None else None
+            current = info.state if info is not None else states.UNKNOWN
+            up.add_metric([name], 1 if current == states.RUNNING else 0)
+            for s in states.PROGRAM_STATES:
+                state.add_metric([name, s], 1 if s == current else 0)
+            if info is not None and info.running:
+                started.add_metric([name], info.start)
+        yield up
+        yield state
+        yield started
+
+    def _restarts(self) -> Iterator[Metric]:
+        restarts = dict(self.daemon.restarts)  # a copy: the main loop writes it
+        m = _counter("jrd_program_restarts", "Restarts of a program, by why (counted from supervisord's events).",
+                     ["program", "reason"])
+        for name in PROGRAMS:
+            for reason in states.RESTART_REASONS:
+                m.add_metric([name, reason], restarts.get((name, reason), 0))
+        yield m
+
+    def _trees(self, trees: dict[str, TreeUsage]) -> Iterator[Metric]:
+        rss = _gauge("jrd_program_resident_memory_bytes",
+                     "Resident memory of the program and all its child processes (Jupyter's kernels included).",
+                     ["program"])
+        cpu = _counter("jrd_program_cpu_seconds",
+                       "CPU time of the program and all its child processes, user and system.", ["program"])
+        count = _gauge("jrd_program_processes", "Processes in the program's tree.", ["program"])
+        for name, usage in sorted(trees.items()):
+            rss.add_metric([name], usage.rss_bytes)
+            cpu.add_metric([name], usage.cpu_seconds)
+            count.add_metric([name], usage.processes)
+        yield rss
+        yield cpu
+        yield count
+
+    # --- certificates and config --------------------------------------------------
+    def _certificates(self, status: dict[str, Any]) -> Iterator[Metric]:
+        not_after = _gauge("jrd_certificate_not_after_timestamp_seconds",
+                           "When the certificate expires (its notAfter), as a Unix time.", ["cert"])
+        for role in ("leaf", "ca"):
+            entry = status.get(role)
+            if isinstance(entry, dict) and isinstance(entry.get("not_after"), (int, float)):
+                not_after.add_metric([role], entry["not_after"])
+        yield not_after
+        renewals = status.get("renewals") if isinstance(status.get("renewals"), dict) else {}
+        m = _counter("jrd_certificate_renewals", "Certificate renewals since jrd started, by result.", ["result"])
+        for result in (states.RESULT_SUCCESS, states.RESULT_FAILURE):
+            value = renewals.get(result, 0)
+            m.add_metric([result], value if isinstance(value, (int, float)) else 0)
+        yield m
+        last = status.get("last_renewal_success")
+        if isinstance(last, (int, float)):
+            g = _gauge("jrd_certificate_last_renewal_success_timestamp_seconds",
+                       "When jrd last renewed the certificate successfully, as a Unix time.")
+            g.add_metric([], last)
+            yield g
+
+    def _reloads(self) -> Iterator[Metric]:
+        rec = self.daemon.reloads
+        m = _counter("jrd_config_reloads", "Config reloads since jrd started, by result.", ["result"])
+        m.add_metric([states.RESULT_SUCCESS], rec.successes)
+        m.add_metric([states.RESULT_FAILURE], rec.failures)
+        yield m
+        ok = _gauge("jrd_config_last_reload_successful", "Whether the last config reload succeeded (the start counts).")
+        ok.add_metric([], 0 if rec.ok is False else 1)
+        yield ok
+        at = _gauge("jrd_config_last_reload_success_timestamp_seconds",
+                    "When the config was last loaded successfully (at start or by a reload), as a Unix time.")
+        at.add_metric([], rec.last_success_at or self.daemon.started_at)
+        yield at
+
+    # --- Jupyter and nginx -----------------------------------------------------------
+    def _jupyter_metrics(self, activity: JupyterActivity | None) -> Iterator[Metric]:
+        up = _gauge("jrd_jupyter_api_up", "Whether Jupyter's /api/status answered this scrape.")
+        up.add_metric([], 0 if activity is None else 1)
+        yield up
+        if activity is None:
+            return
+        for name, doc, value in (
+            ("jrd_jupyter_kernels", "Kernels running in Jupyter.", activity.kernels),
+            ("jrd_jupyter_kernels_busy", "Kernels executing code now.", activity.busy_kernels),
+            ("jrd_jupyter_connections", "Open kernel connections (websockets) to Jupyter.", activity.connections),
+            ("jrd_jupyter_last_activity_timestamp_seconds", "Jupyter's last user activity, as a Unix time.",
+             activity.last_activity),
+            ("jrd_jupyter_start_timestamp_seconds", "When the Jupyter server started, as a Unix time.", activity.started),
+        ):
+            g = _gauge(name, doc)
+            g.add_metric([], value)
+            yield g
+
+    def _nginx(self, stub: dict[str, int] | None) -> Iterator[Metric]:
+        up = _gauge("jrd_nginx_stub_status_up", "Whether nginx's stub_status answered this scrape.")
+        up.add_metric([], 0 if stub is None else 1)
+        yield up
+        if stub is None:
+            return
+        for key in ("active", "reading", "writing", "waiting"):
+            g = _gauge(f"jrd_nginx_connections_{key}", f"nginx client connections: {key}.")
+            g.add_metric([], stub[key])
+            yield g
+        for name, key, doc in (
+            ("jrd_nginx_connections_accepted", "accepts", "Client connections nginx accepted."),
+            ("jrd_nginx_connections_handled", "handled", "Client connections nginx handled."),
+            ("jrd_nginx_http_requests", "requests", "HTTP requests nginx served."),
+        ):
+            c = _counter(name, doc)
+            c.add_metric([], stub[key])
+            yield c
+
+    def _probes(self) -> Iterator[Metric]:
+        last = dict(self.health.last) if self.health is not None else {}
+        ok = _gauge("jrd_probe_success", "Whether jrd's last health probe of the program succeeded.", ["program"])
+        took = _gauge("jrd_probe_duration_seconds", "How long jrd's last health probe of the program took.", ["program"])
+        at = _gauge("jrd_probe_timestamp_seconds", "When jrd last probed the program, as a Unix time.", ["program"])
+        failures = _gauge("jrd_probe_consecutive_failures",
+                          "Failed health probes in a row that count towards an unhealthy restart.", ["program"])
+        for name in PROGRAMS:
+            outcome = last.get(name)
+            if outcome is None:
+                continue
+            ok.add_metric([name], 1 if outcome.ok else 0)
+            took.add_metric([name], outcome.latency)
+            at.add_metric([name], outcome.at)
+            failures.add_metric([name], self.health.failures(name))
+        yield ok
+        yield took
+        yield at
+        yield failures
+
+
+def build_registry(collector: JrdCollector) -> CollectorRegistry:
+    """A private registry: jrd's collector plus the standard process and Python ones."""
+    registry = CollectorRegistry()
+    registry.register(collector)
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    return registry
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """'127.0.0.1:9839' or '[::1]:9839' -> (host, port)."""
+    host, _, port = listen.rpartition(":")
+    host = {"*": "0.0.0.0"}.get(host, host).strip("[]")
+    return host, int(port)
+
+
+class MetricsServer:
+    """Daemon extension: serve /metrics on [metrics] listen (nothing if it is empty)."""
+
+    def __init__(self, health: Any = None):
+        self.health = health
+        self.registry: CollectorRegistry | None = None
+        self._server: Any = None
+        self._thread: Any = None
+        self.address: tuple[str, int] | None = None
+
+    def start(self, daemon: Any) -> None:
+        from prometheus_client import start_http_server
+
+        listen = daemon.config.metrics.listen
+        if not listen:
+            return
+        self.registry = build_registry(JrdCollector(daemon, self.health))
+        host, port = split_listen(listen)
+        self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
+        self.address = (host, self._server.server_port)
+        log.info("serving Prometheus metrics at http://%s/metrics", listen)
+
+    def stop(self, daemon: Any) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
