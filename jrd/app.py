@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Callable
 
 from jrd.config import Config
+from jrd.control import ControlServer
 from jrd.daemon import Daemon
 from jrd.events import ProgramEvents
 from jrd.health import HealthMonitor
@@ -19,6 +20,7 @@ from jrd.metrics import MetricsServer
 def build_daemon(config: Config, loader: Callable[[], Config], interactive: bool) -> Daemon:
     announce = print_flush if interactive else None
     daemon = Daemon(config, config_loader=loader, announce=announce, show_password=interactive)
+    daemon.extensions.append(ControlServer(daemon.layout.control_socket, config.control.group))
     health = HealthMonitor()
     daemon.extensions += [ProgramEvents(), health, MetricsServer(health)]
     return daemon

@@ -99,6 +99,9 @@ class Daemon:
             "stop": self._do_stop,
             "status": self._do_status,
             "renew_cert": self._do_renew_cert,
+            "passwd": self._do_passwd,
+            "kernels": self._do_kernels,
+            "logs": self._do_logs,
         }
         self.extensions: list[Any] = []
 
@@ -456,6 +459,40 @@ class Daemon:
             if self.supervisor.process(name).state in (states.RUNNING, states.STARTING, states.BACKOFF):
                 self.supervisor.stop(name)
         return {"stopped": self._program(cmd)}
+
+    def _do_passwd(self, cmd: Command) -> dict[str, Any]:
+        """Store a new login password hash (made by the client), then apply it through the reload path."""
+        hashed = cmd.args.get("hashed")
+        if not isinstance(hashed, str) or not hashed.startswith("argon2:") or len(hashed) > 1024 or not hashed.isprintable():
+            raise JrdError("passwd needs an argon2 hash from jupyter_server.auth.passwd; nothing was changed")
+        passwords.write_password_hash(self.layout.password_file, hashed)
+        self.layout.initial_password_file.unlink(missing_ok=True)
+        log.info("login password changed (%s)", cmd.source)
+        try:
+            return self._do_reload(cmd)
+        except JrdError as exc:
+            raise JrdError(f"the new password is saved in {self.layout.password_file} but not applied yet: {exc}") from None
+
+    def _do_kernels(self, cmd: Command) -> dict[str, int]:
+        """How many kernels Jupyter has, and how many are executing, asked with the internal token."""
+        cfg = self.config
+        if not self.inputs:
+            return {"running": 0, "busy": 0}
+        result = probe.get("127.0.0.1", cfg.jupyter.port, cfg.jupyter.base_url + "api/kernels", tls=False,
+                           timeout=5, token=self.inputs.internal_token)
+        if not result.ok:
+            raise JrdError(f"Jupyter did not list its kernels ({result.error or f'HTTP {result.status}'})")
+        kernels = result.json()
+        return {"running": len(kernels), "busy": sum(1 for k in kernels if k.get("execution_state") == "busy")}
+
+    def _do_logs(self, cmd: Command) -> dict[str, Any]:
+        """A program's log: the last `lines` lines, or what was appended after `offset`."""
+        from jrd.control import read_log
+
+        names = self._program(cmd)
+        if len(names) != 1:
+            raise JrdError("logs needs one program: jupyter or nginx")
+        return read_log(self.layout.log_file(names[0]), cmd.args.get("offset"), cmd.args.get("lines", 50))
 
     # --- reload: a transaction -------------------------------------------------
     def _do_reload(self, cmd: Command) -> dict[str, Any]:
