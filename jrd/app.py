@@ -1,7 +1,8 @@
 """Assemble a daemon from its parts: the core loop plus its extensions.
 
 An extension is an object with `start(daemon)` and `stop(daemon)`, and
-optionally `adjust_inputs(daemon, inputs)` and `on_timer(daemon, name)`.
+optionally `adjust_inputs(daemon, inputs)`, `on_timer(daemon, name)` and
+`config_changed(daemon, old, new)` (called after a reload applied a new config).
 Control socket, metrics and file watching each plug in here.
 """
 
@@ -15,6 +16,7 @@ from jrd.daemon import Daemon
 from jrd.events import ProgramEvents
 from jrd.health import HealthMonitor
 from jrd.metrics import MetricsServer
+from jrd.watch import ConfigWatcher
 
 
 def build_daemon(config: Config, loader: Callable[[], Config], interactive: bool) -> Daemon:
@@ -23,6 +25,8 @@ def build_daemon(config: Config, loader: Callable[[], Config], interactive: bool
     daemon.extensions.append(ControlServer(daemon.layout.control_socket, config.control.group))
     health = HealthMonitor()
     daemon.extensions += [ProgramEvents(), health, MetricsServer(health)]
+    # Saved edits to the config, the password file or an external certificate reload by themselves.
+    daemon.extensions.append(ConfigWatcher())
     return daemon
 
 

@@ -29,12 +29,15 @@ from jrd.errors import ConfigError, JrdError, PreflightError, StartupError, Supe
 from jrd.fsutil import atomic_write, ensure_dir
 from jrd.layout import Layout
 from jrd.render import RenderedFile, RenderInputs, render_all
+from jrd.reload_plan import ReloadApplyError, ReloadPlan, effective_config, jupyter_baseline, plan_reload
 from jrd.sdnotify import notify, watchdog_interval
 from jrd.supervisor import Supervisor, become_subreaper, launch_supervisord, stop_supervisord
 
 log = logging.getLogger("jrd")
 
 STARTUP_TIMEOUT = 120.0
+# How often a pending Jupyter restart asks whether a kernel is still busy.
+IDLE_POLL = 1.0
 # Recheck the certificate at least this often, so that clock jumps and
 # suspends are caught even when the next renewal is months away.
 CERT_RECHECK = 3600.0
@@ -496,46 +499,69 @@ class Daemon:
 
     # --- reload: a transaction -------------------------------------------------
     def _do_reload(self, cmd: Command) -> dict[str, Any]:
+        """Carry out one reload and record it; a refusal is logged once and changes nothing."""
         try:
             result = self.reload(cmd.source)
         except JrdError as exc:
-            self.reloads.ok, self.reloads.at, self.reloads.error = False, time.time(), str(exc)
-            self.reloads.failures += 1
-            log.error("reload (%s) refused, the running config stays: %s", cmd.source, exc)
+            message = str(exc)
+            where = str(self.config.source) if self.config.source else ""
+            if where and not message.startswith(where) and not isinstance(exc, ReloadApplyError):
+                message = f"{where}: {message}"
+                exc.args = (message,)
+            self._record_reload(False, message)
+            if isinstance(exc, ReloadApplyError):
+                log.error("reload (%s) failed while applying, the next reload tries again: %s", cmd.source, message)
+            else:
+                log.error("reload (%s) refused, the running config stays: %s", cmd.source, message)
+            if cmd.reply is None:
+                return {"ok": False, "error": message}  # logged above; a signal has nobody else to tell
             raise
-        self.reloads.ok, self.reloads.at, self.reloads.error = True, time.time(), ""
-        self.reloads.last_success_at = self.reloads.at
-        self.reloads.successes += 1
+        except Exception as exc:  # a bug: the daemon keeps serving on the config it has
+            self._record_reload(False, f"internal error: {exc}")
+            log.exception("reload (%s) failed unexpectedly, the running config stays", cmd.source)
+            if cmd.reply is None:
+                return {"ok": False, "error": str(exc)}
+            raise JrdError(f"reload failed unexpectedly ({exc}); see jrd's log") from None
+        self._record_reload(True, "")
         return result
+
+    def _record_reload(self, ok: bool, error: str) -> None:
+        rec = self.reloads
+        rec.ok, rec.at, rec.error = ok, time.time(), error
+        if ok:
+            rec.last_success_at = rec.at
+            rec.successes += 1
+        else:
+            rec.failures += 1
 
     def reload(self, source: str) -> dict[str, Any]:
         """Load, render and test the new config; only then switch to it, disturbing as little as possible."""
-        new = self._load()
-        if new.paths != self.config.paths:
-            raise ConfigError(f"{new.source}: [paths] changed; that needs a restart of jrd (`systemctl restart jrd`)")
-        if new.metrics != self.config.metrics:
-            log.warning("[metrics] changes take effect at the next restart of jrd")
-        inputs, files, issued = self.build(new)
+        old = self.config
+        new, notes = effective_config(old, self._load())
+        tls_before = _snapshot([] if new.external_tls else [self.layout.leaf_cert, self.layout.leaf_key])
+        try:
+            inputs, files, issued = self.build(new)
+        except BaseException:
+            # build() may have issued a leaf for new names before a later check refused the
+            # config; put the old pair back so that a refused reload leaves no trace.
+            _restore(tls_before)
+            raise
         # An external pair that changed on disk (a certbot symlink flip) needs an nginx reload
         # even though no rendered file changed.
         external_changed = self.certificates.external_changed(new) if new.external_tls else None
-        old = self.files
-        changed = [n for n, f in files.items() if old.get(n) is None or old[n].content != f.content or old[n].path != f.path]
+        pending = self.pending_restart["baseline"] if self.pending_restart else None
+        plan = plan_reload(old, new, self.files, files, tls_changed=bool(issued or external_changed), pending=pending)
+        for note in notes:
+            log.warning("%s", note)
         prepare.install(files)
-        self.config, self.inputs, self.files = new, inputs, files
-        actions: list[str] = []
-        if "supervisord.conf" in changed:
-            added, changed_groups, removed = self.supervisor.update()
-            actions.append(f"supervisord update (added {added}, changed {changed_groups}, removed {removed})")
-            for name in changed_groups:
-                self._count_restart(name, states.REASON_RELOAD)
-        else:
-            changed_groups = []
-        if "nginx" not in changed_groups and (
-            issued or external_changed or {"nginx.conf", "ca.pem", "ca.mobileconfig"} & set(changed)
-        ):
-            self.reload_nginx()
-            actions.append("nginx reloaded gracefully")
+        password_changed = self.inputs is not None and self.inputs.hashed_password != inputs.hashed_password
+        self.config, self.inputs = plan.config, inputs
+        try:
+            actions = self._apply_reload(plan, "the login password changed" if password_changed else "its config changed")
+        except JrdError as exc:
+            # self.files stays the old set, so the next reload sees the difference and retries.
+            raise ReloadApplyError(f"the new files are installed but applying them failed: {exc}") from None
+        self.files = files
         if external_changed:
             self.certificates.external_loaded = external_changed
             actions.append("external certificate changed")
@@ -544,45 +570,111 @@ class Daemon:
             self.certificates.note_issued(leaf.serial_number if leaf else 0)
             actions.append(f"new TLS certificate ({issued})")
         self.timers["cert"] = self._clock() + self._next_cert_check()
-        if "jupyter_server_config.py" in changed and "jupyter" not in changed_groups:
-            self.schedule_jupyter_restart("its config changed")
-            actions.append(
-                "jupyter restart " + ("now" if new.jupyter.restart_policy == "immediate" else "pending until no kernel is busy")
-            )
+        if old != plan.config:
+            for ext in self.extensions:
+                hook = getattr(ext, "config_changed", None)
+                if hook is not None:
+                    try:
+                        hook(self, old, plan.config)
+                    except Exception:
+                        log.exception("%s could not follow the new config", type(ext).__name__)
         log.info("reload (%s) applied: %s", source, "; ".join(actions) or "nothing changed")
-        return {"changed": changed, "actions": actions}
+        return {"changed": plan.changed, "actions": actions}
 
-    def schedule_jupyter_restart(self, reason: str) -> None:
-        self.pending_restart = {"reason": reason, "since": self._clock()}
+    def _apply_reload(self, plan: ReloadPlan, jupyter_reason: str) -> list[str]:
+        """Carry out a reload plan, least disruptive first; the names of what was done."""
+        actions: list[str] = []
+        if plan.log_level:
+            logging.getLogger().setLevel(plan.log_level.upper())
+            actions.append(f"log level is now {plan.log_level}")
+        changed_groups: list[str] = []
+        if plan.supervisord_update:
+            added, changed_groups, removed = self.supervisor.update()
+            if added or changed_groups or removed:
+                actions.append(f"supervisord update (added {added}, changed {changed_groups}, removed {removed})")
+            for name in changed_groups:
+                self._count_restart(name, states.REASON_RELOAD)
+        if plan.reload_nginx and "nginx" not in changed_groups:
+            self.reload_nginx()
+            actions.append("nginx reloaded gracefully")
+        if plan.cancel_jupyter_restart and self.pending_restart:
+            self.pending_restart = None
+            self.timers.pop("jupyter-restart", None)
+            actions.append("pending jupyter restart cancelled (its config is back to what it runs)")
+        if plan.restart_jupyter and "jupyter" not in changed_groups:
+            self.schedule_jupyter_restart(jupyter_reason, update=plan.jupyter_needs_update)
+            if self.pending_restart:
+                actions.append(f"jupyter restart pending until no kernel is busy ({jupyter_reason})")
+            else:
+                actions.append(f"jupyter restarted ({jupyter_reason})")
+        return actions
+
+    def schedule_jupyter_restart(self, reason: str, update: bool = False) -> None:
+        """Restart Jupyter now or when no kernel is busy, as [jupyter] restart_policy says.
+
+        `update` means its supervisord program changed, which only a supervisord
+        update applies.  A restart already pending keeps its start time, so the
+        upper bound on waiting counts from the first change.
+        """
+        pending = self.pending_restart
+        if pending:
+            pending["reason"], pending["update"] = reason, update
+        else:
+            self.pending_restart = {"reason": reason, "since": self._clock(), "update": update,
+                                    "baseline": jupyter_baseline(self.files), "busy_logged": False}
         if self.config.jupyter.restart_policy == "immediate":
             self._maybe_restart_jupyter()
         else:
             self.timers["jupyter-restart"] = self._clock()
 
     def _maybe_restart_jupyter(self) -> None:
+        """The pending Jupyter restart, if its policy allows it now; never raises."""
         pending = self.pending_restart
         if not pending:
             self.timers.pop("jupyter-restart", None)
             return
+        policy = self.config.jupyter
         waited = self._clock() - pending["since"]
-        busy = self.busy_kernels() if self.config.jupyter.restart_policy == "idle" else 0
-        if busy and waited < self.config.jupyter.restart_max_wait_seconds:
-            self.timers["jupyter-restart"] = self._clock() + 2
-            return
+        if policy.restart_policy == "idle" and waited < policy.restart_max_wait_seconds:
+            busy = self.busy_kernels()
+            if busy:
+                if not pending["busy_logged"]:
+                    log.info("jupyter restart (%s) waits until no kernel is busy (%d busy now, at most %.0f s)",
+                             pending["reason"], busy, policy.restart_max_wait_seconds)
+                    pending["busy_logged"] = True
+                self.timers["jupyter-restart"] = self._clock() + IDLE_POLL
+                return
         self.pending_restart = None
         self.timers.pop("jupyter-restart", None)
-        self.restart_program("jupyter", states.REASON_RELOAD)
+        reason = pending["reason"] + (f", after waiting {waited:.0f} s" if waited >= 1 else "")
+        try:
+            if pending["update"]:
+                _, changed, _ = self.supervisor.update()
+                for name in changed:
+                    self._count_restart(name, states.REASON_RELOAD)
+                if "jupyter" in changed:
+                    log.info("restarted jupyter with its new program definition (%s)", reason)
+                    return
+            self.restart_program("jupyter", states.REASON_RELOAD)
+        except JrdError as exc:
+            log.error("restarting jupyter (%s) failed: %s", reason, exc)
+        except Exception:
+            log.exception("restarting jupyter (%s) failed unexpectedly", reason)
 
     def busy_kernels(self) -> int:
-        """How many kernels are executing now, asked of Jupyter with the internal token."""
+        """How many kernels are executing now, asked of Jupyter with the internal token (0 if it cannot say)."""
         if not self.inputs:
             return 0
         cfg = self.config
         result = probe.get("127.0.0.1", cfg.jupyter.port, cfg.jupyter.base_url + "api/kernels", tls=False,
                            timeout=5, token=self.inputs.internal_token)
         if not result.ok:
+            log.debug("could not list kernels (%s); restarting without waiting", result.error or f"HTTP {result.status}")
             return 0
-        return sum(1 for k in result.json() if k.get("execution_state") == "busy")
+        try:
+            return sum(1 for k in result.json() if k.get("execution_state") == "busy")
+        except (ValueError, AttributeError, TypeError):
+            return 0
 
     # --- certificates ----------------------------------------------------------
     def _next_cert_check(self) -> float:
@@ -623,6 +715,22 @@ class Daemon:
                 log.warning("supervisord exited with status %s", status)
             self.supervisord = None
         reap_orphans()
+
+
+def _snapshot(paths: list[Path]) -> dict[Path, tuple[bytes, int]]:
+    """The bytes and mode of each existing file, to put back if a reload is refused."""
+    out = {}
+    for path in paths:
+        try:
+            out[path] = (path.read_bytes(), path.stat().st_mode & 0o7777)
+        except FileNotFoundError:
+            pass
+    return out
+
+
+def _restore(snapshot: dict[Path, tuple[bytes, int]]) -> None:
+    for path, (data, mode) in snapshot.items():
+        atomic_write(path, data, mode)
 
 
 def reap_orphans(grace: float = 5.0) -> None:
