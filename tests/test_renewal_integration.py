@@ -478,3 +478,29 @@ def test_external_flip_to_a_mismatched_pair_is_refused(external: tuple[Jrd, Cert
     bot.flip(bad, bad)
     j.proc.send_signal(signal.SIGHUP)
     wait_for(lambda: external_serial(j, bot) == bot.serials[bad], 15, "the completed flip to be served")
+
+
+def test_external_flip_is_picked_up_by_the_file_watcher_without_sighup(external: tuple[Jrd, Certbot]) -> None:
+    j, bot = external
+    n = bot.issue()
+    bot.flip(n, n)
+    wait_for(lambda: external_serial(j, bot) == bot.serials[n], 15, "the watcher to reload the flipped certificate")
+    # A mismatched flip seen by the watcher is refused as well, and the pair that works keeps serving.
+    refusals = j.read_output().count("refused")
+    bad = bot.issue()
+    bot.flip(bad, n)
+    wait_for(lambda: j.read_output().count("refused") > refusals, 15, "the watcher's reload to be refused")
+    assert external_serial(j, bot) == bot.serials[n]
+    bot.flip(bad, bad)
+    wait_for(lambda: external_serial(j, bot) == bot.serials[bad], 15, "the completed flip to be served")
+
+
+def test_jrdctl_reports_the_external_certificate(external: tuple[Jrd, Certbot]) -> None:
+    j, bot = external
+    res = j.jrdctl("cert", "show", "--json")
+    assert res.returncode == 0, res.stderr
+    shown = json.loads(res.stdout)
+    assert int(shown["leaf"]["serial"], 16) == external_serial(j, bot)
+    assert "ca" not in shown
+    res = j.jrdctl("cert", "renew", "--force")
+    assert res.returncode == 0 and "external" in res.stdout + res.stderr, res
