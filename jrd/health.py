@@ -64,13 +64,18 @@ class Verdict:
 
 
 def judge(prev: Tracker, *, state: str, start: float, uptime: float, ok: bool, threshold: int,
-          grace: float = STARTUP_GRACE_SECONDS) -> Verdict:
+          probed_at: float | None = None, grace: float = STARTUP_GRACE_SECONDS) -> Verdict:
     """Fold one probe into the tracker; restart when `threshold` failures in a row count."""
     if state != states.RUNNING:
         # Not claiming to run: supervisord's own business (it restarts crashes).
         return Verdict(Tracker(start))
     if start != prev.start:
         prev = Tracker(start)  # a new instance starts with a clean slate
+    if probed_at is not None and probed_at < start + 1:
+        # The probe began before this instance started (supervisord's start
+        # has whole seconds): it judged the previous one.  A stopped Jupyter
+        # that is continued to shut down may still answer such a probe.
+        return Verdict(prev)
     if ok:
         return Verdict(Tracker(start, True, 0))
     if not prev.answered and uptime < grace:
@@ -167,7 +172,7 @@ class HealthMonitor:
         prev = self.trackers.get(outcome.program, Tracker())
         threshold = daemon.config.health.failure_threshold
         verdict = judge(prev, state=info.state, start=info.start, uptime=info.uptime, ok=outcome.ok,
-                        threshold=threshold)
+                        threshold=threshold, probed_at=outcome.at)
         self.trackers[outcome.program] = verdict.tracker
         if not outcome.ok and verdict.tracker.failures:
             log.warning("health: %s failed its probe (%d of %d in a row): %s", outcome.program,

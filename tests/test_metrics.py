@@ -333,6 +333,16 @@ def test_a_new_instance_starts_clean() -> None:
     assert restarts == [False] and tracker.failures == 0 and tracker.start == 2.0
 
 
+def test_a_probe_of_the_previous_instance_is_ignored() -> None:
+    # A stopped Jupyter, continued so that it shuts down, answers the probe
+    # that was waiting on it; that success must not count for its successor.
+    tracker, _ = fold([False, False], start=100.0)
+    verdict = health.judge(tracker, state=states.RUNNING, start=200.0, uptime=3, ok=True, threshold=3, probed_at=199.5)
+    assert verdict.tracker == health.Tracker(200.0, False, 0)
+    _, restarts = fold([False] * 5, start=200.0, uptime=3, prev=verdict.tracker)
+    assert not any(restarts)  # still in its startup grace
+
+
 class FakeDaemon:
     """Enough of a Daemon for the health monitor's main-loop half."""
 
