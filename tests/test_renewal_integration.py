@@ -34,7 +34,7 @@ if __name__ != "__main__":
     import websocket
     from cryptography import x509
 
-    from conftest import PASSWORD, Jrd, short_tmp, wait_for
+    from conftest import Jrd, short_tmp, wait_for
 
     pytestmark = pytest.mark.integration
 
