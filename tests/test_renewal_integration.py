@@ -347,6 +347,17 @@ def test_renewal_failing_halfway_keeps_the_old_pair_serving_and_is_retried(jrd: 
     assert "renewal succeeded after" in jrd.read_output()
 
 
+def test_keys_stay_private_after_renewals_and_unreadable_by_jupyter(jrd: HarnessJrd) -> None:
+    jrd.renew(force=True)
+    tls = jrd.state / "tls"
+    assert tls.stat().st_mode & 0o077 == 0
+    for name in ("ca-key.pem", "server-key.pem"):
+        assert (tls / name).stat().st_mode & 0o777 == 0o600, name
+        if os.geteuid() == 0 and jrd.user != "root":
+            res = subprocess.run(["runuser", "-u", jrd.user, "--", "cat", str(tls / name)], capture_output=True)
+            assert res.returncode != 0 and not res.stdout, f"{jrd.user} can read {name}"
+
+
 def test_renewal_on_a_full_disk_keeps_the_old_pair_serving() -> None:
     """A tiny tmpfs over the TLS dir, filled up: writing the new pair fails with ENOSPC."""
     j = HarnessJrd(short_tmp())
