@@ -538,6 +538,8 @@ class Daemon:
         """Load, render and test the new config; only then switch to it, disturbing as little as possible."""
         old = self.config
         new, notes = effective_config(old, self._load())
+        # Checks that need the machine but no writes, before build() may issue a certificate.
+        prepare.jupyter_account(new)
         tls_before = _snapshot([] if new.external_tls else [self.layout.leaf_cert, self.layout.leaf_key])
         try:
             inputs, files, issued = self.build(new)
@@ -579,13 +581,18 @@ class Daemon:
                     except Exception:
                         log.exception("%s could not follow the new config", type(ext).__name__)
         log.info("reload (%s) applied: %s", source, "; ".join(actions) or "nothing changed")
+        if plan.log_level:
+            logging.getLogger().setLevel(plan.log_level.upper())
         return {"changed": plan.changed, "actions": actions}
 
     def _apply_reload(self, plan: ReloadPlan, jupyter_reason: str) -> list[str]:
         """Carry out a reload plan, least disruptive first; the names of what was done."""
         actions: list[str] = []
         if plan.log_level:
-            logging.getLogger().setLevel(plan.log_level.upper())
+            # The more verbose of the two levels until this reload is logged, so that
+            # its own line shows whichever way the level went.
+            root = logging.getLogger()
+            root.setLevel(min(root.level, logging.getLevelName(plan.log_level.upper())))
             actions.append(f"log level is now {plan.log_level}")
         changed_groups: list[str] = []
         if plan.supervisord_update:
@@ -717,20 +724,22 @@ class Daemon:
         reap_orphans()
 
 
-def _snapshot(paths: list[Path]) -> dict[Path, tuple[bytes, int]]:
-    """The bytes and mode of each existing file, to put back if a reload is refused."""
+def _snapshot(paths: list[Path]) -> dict[Path, tuple[bytes, os.stat_result]]:
+    """The bytes and stat of each existing file, to put back if a reload is refused."""
     out = {}
     for path in paths:
         try:
-            out[path] = (path.read_bytes(), path.stat().st_mode & 0o7777)
+            out[path] = (path.read_bytes(), path.stat())
         except FileNotFoundError:
             pass
     return out
 
 
-def _restore(snapshot: dict[Path, tuple[bytes, int]]) -> None:
-    for path, (data, mode) in snapshot.items():
-        atomic_write(path, data, mode)
+def _restore(snapshot: dict[Path, tuple[bytes, os.stat_result]]) -> None:
+    """Put back files that changed since `snapshot`, with their old mode and times."""
+    for path, (data, st) in snapshot.items():
+        if atomic_write(path, data, st.st_mode & 0o7777):
+            os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 def reap_orphans(grace: float = 5.0) -> None:
