@@ -10,6 +10,7 @@ nginx's loopback port answers the test directly.
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import hashlib
 import json
@@ -46,6 +47,7 @@ INCLUDE = ("systemd", "systemd-sysv", "dbus", "python3", "python3-venv", "nginx-
 DISABLE = ("nginx.service",)
 MASK = ("getty.target", "console-getty.service", "timers.target", "systemd-logind.service")
 CACHE = Path("/var/cache/jrd-test-root")
+PR_SET_PDEATHSIG = 1
 
 ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 
@@ -225,13 +227,19 @@ class Booted:
         return f"\n--- journalctl -u jrd ---\n{self.journal()}{logs}"
 
 
+def killed_with_parent() -> None:
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def boot(lower: Path, binds: list[str]) -> Booted:
     work = Path(tempfile.mkdtemp(prefix="jrd-systemd-", dir="/var/tmp"))
     log = open(work / "boot.log", "wb")
+    # If pytest dies, unshare is killed (it ignores SIGTERM), and --kill-child takes the namespace with it.
     unshare = subprocess.Popen(
-        ["unshare", "--pid", "--fork", "--mount", "--propagation", "private",
+        ["unshare", "--pid", "--fork", "--kill-child=SIGKILL", "--mount", "--propagation", "private",
          "sh", "-c", BOOT_SCRIPT, "boot", str(lower), str(work), *binds],
-        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        preexec_fn=killed_with_parent)
     log.close()
 
     def systemd_pid() -> int:
