@@ -207,8 +207,8 @@ class ControlServer:
                 time.sleep(0.05)  # EMFILE and the like: do not spin
                 continue
             if not self._slots.acquire(blocking=False):
-                _send(conn, {"ok": False, "error": "jrd is busy with other control requests; try again", "exit_code": 1})
-                conn.close()
+                busy = {"ok": False, "error": "jrd is busy with other control requests; try again", "exit_code": 1}
+                threading.Thread(target=_refuse, args=(conn, busy, 0.5), name="jrd-control-busy", daemon=True).start()
                 continue
             threading.Thread(target=self._serve, args=(conn,), name="jrd-control-conn", daemon=True).start()
 
@@ -220,7 +220,7 @@ class ControlServer:
                 try:
                     line = _read_line(conn, MAX_REQUEST_BYTES)
                 except _BadRequest as exc:
-                    _send(conn, {"ok": False, "error": str(exc), "exit_code": EXIT_USAGE})
+                    _refuse(conn, {"ok": False, "error": str(exc), "exit_code": EXIT_USAGE}, 1.0)
                     return
                 except (OSError, socket.timeout):
                     return  # the client went away or never said anything
@@ -236,7 +236,7 @@ class ControlServer:
             request = json.loads(line)
             if not isinstance(request, dict) or not isinstance(request.get("command"), str):
                 raise UsageError('a request is a JSON object such as {"command": "status", "args": {}}')
-            args = request.get("args") or {}
+            args = request.get("args", {})
             if not isinstance(args, dict):
                 raise UsageError("args must be a JSON object")
             command = request["command"]
@@ -246,8 +246,10 @@ class ControlServer:
             return {"ok": True, "result": self.carry_out(command, args)}
         except (ValueError, RecursionError):
             return {"ok": False, "error": "the request is not valid JSON", "exit_code": EXIT_USAGE}
-        except JrdError as exc:
-            return {"ok": False, "error": str(exc), "exit_code": exc.exit_code}
+        except UsageError as exc:
+            return {"ok": False, "error": str(exc), "exit_code": EXIT_USAGE}
+        except JrdError as exc:  # refused or failed: jrdctl's code 1, whatever the error class
+            return {"ok": False, "error": str(exc), "exit_code": EXIT_FAILED}
         except Exception as exc:
             log.exception("control request failed unexpectedly")
             return {"ok": False, "error": f"internal error: {exc}", "exit_code": EXIT_FAILED}
@@ -349,6 +351,27 @@ def _send(conn: socket.socket, answer: dict[str, Any]) -> None:
         conn.sendall(json.dumps(answer, default=str).encode() + b"\n")
     except OSError:
         pass  # the client is gone; nothing to tell it
+
+
+def _refuse(conn: socket.socket, answer: dict[str, Any], drain_seconds: float) -> None:
+    """Answer with an error, then read and drop what the client still sends, for a bounded time.
+
+    Closing a unix socket with unread input resets the peer, which would
+    lose the answer; a client that keeps sending past the bound gets the reset.
+    """
+    with conn:
+        _send(conn, answer)
+        deadline = time.monotonic() + drain_seconds
+        dropped = 0
+        try:
+            while dropped < MAX_REQUEST_BYTES * 16 and (left := deadline - time.monotonic()) > 0:
+                conn.settimeout(left)
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                dropped += len(chunk)
+        except OSError:
+            pass
 
 
 def _peer_uid(conn: socket.socket) -> int | None:

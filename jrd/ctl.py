@@ -17,7 +17,9 @@ import argparse
 import datetime as dt
 import getpass
 import json
+import re
 import sys
+import tomllib
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -54,6 +56,38 @@ def resolve_config(args: argparse.Namespace) -> Config:
         return system_defaults()
 
 
+def find_socket(args: argparse.Namespace) -> Path:
+    """The control socket: from --socket, else from the config's [paths] runtime_dir.
+
+    A config that does not validate (mid-edit, or just refused by a reload)
+    still names the runtime dir of the daemon that runs on the previous one,
+    so jrdctl reads that one key leniently rather than failing.
+    """
+    if getattr(args, "socket", None):
+        return Path(args.socket)
+    try:
+        return Layout.of(resolve_config(args)).control_socket
+    except ConfigError as exc:
+        path = getattr(args, "config", None) or DEFAULT_CONFIG_PATH
+        base = dev_defaults(Path.cwd()) if getattr(args, "dev", False) else system_defaults()
+        try:
+            text = path.read_text(errors="replace")
+        except OSError:
+            raise exc from None
+        runtime = lenient_runtime_dir(text) or base.paths.runtime_dir
+        return Layout(base.paths.state_dir, runtime, base.paths.log_dir).control_socket
+
+
+def lenient_runtime_dir(text: str) -> Path | None:
+    """[paths] runtime_dir from config text that may be invalid TOML."""
+    try:
+        value = tomllib.loads(text).get("paths", {}).get("runtime_dir")
+    except tomllib.TOMLDecodeError:
+        match = re.search(r"""^\s*runtime_dir\s*=\s*["']([^"']+)["']""", text, re.MULTILINE)
+        value = match.group(1) if match else None
+    return Path(value).expanduser() if isinstance(value, str) and value else None
+
+
 def _readable(path: Path) -> bool:
     try:
         with open(path, "rb"):
@@ -68,8 +102,7 @@ class Client:
     def __init__(self, args: argparse.Namespace):
         self.args = args
         self._config: Config | None = None
-        socket_arg = getattr(args, "socket", None)
-        self.socket = Path(socket_arg) if socket_arg else Layout.of(self.config).control_socket
+        self.socket = find_socket(args)
 
     @property
     def config(self) -> Config:
