@@ -4,8 +4,9 @@
 XML-RPC, /proc for the program trees, the certificate files, nginx's
 `stub_status` on its private unix socket, Jupyter's `/api/status` and
 `/api/kernels` with the internal token, and the daemon's own counters.
-Every call has a short timeout and failures are contained per source: a
-hung child costs a scrape at most `timeout` per source and shows up as
+The sources are asked in parallel, each call has a short timeout, and
+failures are contained per source: a hung child costs a scrape at most
+`timeout` and shows up as
 `jrd_scrape_collector_success{collector=...} 0` (and, for supervisord,
 as `jrd_supervisord_up 0` with every program UNKNOWN), never as a hang.
 
@@ -18,7 +19,10 @@ from __future__ import annotations
 import http.client
 import logging
 import os
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -179,34 +183,69 @@ class JrdCollector:
         self._stub_status = stub_status
         self.timeout = timeout
         self._clock = clock
+        self._pool: ThreadPoolExecutor | None = None
+        self._running: dict[str, tuple[Future[tuple[Any, float]], float]] = {}
+        self._lock = threading.Lock()
 
-    def _source(self, name: str, call: Callable[[], Any], results: list[tuple[str, bool, float]]) -> Any:
+    def _read(self, name: str, call: Callable[[], Any]) -> tuple[Any, float]:
         start = self._clock()
         try:
             value = call()
         except SOURCE_ERRORS as exc:
             log.debug("metrics: %s unavailable: %s", name, exc)
             value = None
-        results.append((name, value is not None, self._clock() - start))
-        return value
+        return value, self._clock() - start
+
+    def _gather(self, calls: dict[str, Callable[[], Any]]) -> dict[str, tuple[Any, float]]:
+        """Ask every source at once; whatever has not answered by the deadline counts as failed.
+
+        A source still stuck from an earlier scrape is not asked again, so
+        hung children never pile up threads.
+        """
+        start = self._clock()
+        deadline = start + self.timeout + 0.5
+        futures: dict[str, Future[tuple[Any, float]]] = {}
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=2 * len(calls), thread_name_prefix="jrd-scrape")
+            for name, call in calls.items():
+                running = self._running.get(name)
+                if running is not None and not running[0].done() and start - running[1] > self.timeout:
+                    continue
+                futures[name] = self._pool.submit(self._read, name, call)
+                self._running[name] = (futures[name], start)
+        out: dict[str, tuple[Any, float]] = {}
+        for name in calls:
+            fut = futures.get(name)
+            try:
+                out[name] = fut.result(timeout=max(0.0, deadline - self._clock())) if fut else (None, 0.0)
+            except FutureTimeout:
+                out[name] = (None, self._clock() - start)
+        return out
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
     def collect(self) -> Iterator[Metric]:
-        sources: list[tuple[str, bool, float]] = []
-        procs = self._source("supervisord", self.supervisor.processes, sources)
+        got = self._gather({
+            "supervisord": self.supervisor.processes,
+            "certificates": self.daemon.certificate_status,
+            "jupyter": lambda: self._jupyter(self.daemon, self.timeout),
+            "nginx": lambda: self._stub_status(nginx_status_socket(self.daemon.layout), self.timeout),
+        })
+        procs = got["supervisord"][0]
+        if procs is not None:
+            # After supervisord, which names the PIDs; /proc does not hang.
+            got["proc"] = self._read("proc", lambda: {n: self.procs.usage(i.pid) for n, i in procs.items()
+                                                      if n in PROGRAMS and i.pid})
         yield from self._programs(procs)
         yield from self._restarts()
-        if procs is not None:
-            trees = self._source("proc", lambda: {n: self.procs.usage(i.pid) for n, i in procs.items()
-                                                  if n in PROGRAMS and i.pid}, sources)
-            yield from self._trees(trees or {})
-        certificates = self._source("certificates", self.daemon.certificate_status, sources)
-        yield from self._certificates(certificates or {})
+        yield from self._trees((got["proc"][0] if "proc" in got else None) or {})
+        yield from self._certificates(got["certificates"][0] or {})
         yield from self._reloads()
-        activity = self._source("jupyter", lambda: self._jupyter(self.daemon, self.timeout), sources)
-        yield from self._jupyter_metrics(activity)
-        stub = self._source("nginx", lambda: self._stub_status(nginx_status_socket(self.daemon.layout), self.timeout),
-                            sources)
-        yield from self._nginx(stub)
+        yield from self._jupyter_metrics(got["jupyter"][0])
+        yield from self._nginx(got["nginx"][0])
         yield from self._probes()
         info = _gauge("jrd_build_info", "jrd's version; always 1.", ["version"])
         info.add_metric([__version__], 1)
@@ -215,8 +254,8 @@ class JrdCollector:
                     ["collector"])
         took = _gauge("jrd_scrape_collector_duration_seconds", "How long a source took to answer this scrape.",
                       ["collector"])
-        for name, success, seconds in sources:
-            ok.add_metric([name], 1 if success else 0)
+        for name, (value, seconds) in got.items():
+            ok.add_metric([name], 0 if value is None else 1)
             took.add_metric([name], seconds)
         yield ok
         yield took
@@ -386,6 +425,7 @@ class MetricsServer:
     def __init__(self, health: Any = None):
         self.health = health
         self.registry: CollectorRegistry | None = None
+        self.collector: JrdCollector | None = None
         self._server: Any = None
         self._thread: Any = None
         self.address: tuple[str, int] | None = None
@@ -396,7 +436,8 @@ class MetricsServer:
         listen = daemon.config.metrics.listen
         if not listen:
             return
-        self.registry = build_registry(JrdCollector(daemon, self.health))
+        self.collector = JrdCollector(daemon, self.health)
+        self.registry = build_registry(self.collector)
         host, port = split_listen(listen)
         self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
         self.address = (host, self._server.server_port)
@@ -407,3 +448,5 @@ class MetricsServer:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        if self.collector is not None:
+            self.collector.close()

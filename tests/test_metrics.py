@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import xmlrpc.client
 from pathlib import Path
@@ -131,6 +132,31 @@ def test_unresponsive_supervisord_gives_up_zero_and_unknown_without_raising(daem
     assert m['jrd_program_up{program="jupyter"}'] == 0
     assert m['jrd_program_state{program="jupyter",state="UNKNOWN"}'] == 1
     assert m['jrd_jupyter_api_up'] == 1  # the other sources still answer
+
+
+def test_a_hung_source_is_bounded_and_not_asked_again_while_stuck(daemon: Daemon) -> None:
+    release = threading.Event()
+    rpc = FakeRpc([info("jupyter", "RUNNING", 1)])
+    calls = 0
+
+    def hang() -> list[dict[str, Any]]:
+        nonlocal calls
+        calls += 1
+        release.wait(30)  # like a SIGSTOPped supervisord behind a socket without timeout
+        return rpc.infos
+
+    rpc.getAllProcessInfo = hang  # type: ignore[method-assign]
+    collector = make(daemon, rpc, timeout=0.2)
+    try:
+        for _ in range(3):
+            start = time.monotonic()
+            m = scrape(collector)
+            assert time.monotonic() - start < 0.2 + 0.5 + 0.3
+            assert m["jrd_supervisord_up"] == 0 and m["jrd_jupyter_api_up"] == 1
+        assert calls == 1  # still stuck: not asked again, so no threads pile up
+    finally:
+        release.set()
+        collector.close()
 
 
 def test_rpc_fault_counts_as_an_unresponsive_source(daemon: Daemon) -> None:
