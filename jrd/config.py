@@ -8,6 +8,7 @@ past `load_config` the rest of jrd trusts what it gets.
 from __future__ import annotations
 
 import dataclasses
+import grp
 import ipaddress
 import os
 import pwd
@@ -168,6 +169,18 @@ def _user_name(value: Any) -> str:
     return value
 
 
+
+def _group_name(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("a group name")
+    if value:
+        try:
+            grp.getgrnam(value)
+        except KeyError:
+            raise ValueError("an existing group (create it with `groupadd NAME`)") from None
+    return value
+
+
 # --- schema -----------------------------------------------------------------
 
 
@@ -244,7 +257,7 @@ class LogConfig:
 
 @dataclass(frozen=True)
 class ControlConfig:
-    group: str = _key(_string, "")
+    group: str = _key(_group_name, "")
 
 
 @dataclass(frozen=True)
