@@ -421,3 +421,28 @@ def test_monitor_timer_probes_in_threads_and_reports_back() -> None:
         time.sleep(0.01)
     assert d.submitted[0][0] == "health_result" and d.submitted[0][1]["outcome"].ok
     assert d.timers["health"] == 100.0 + d.config.health.interval_seconds  # type: ignore[attr-defined]
+
+
+# --- shipped Prometheus files -----------------------------------------------------------------
+
+ETC = Path(__file__).resolve().parent.parent / "etc" / "prometheus"
+
+
+def promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    assert Path("/usr/bin/promtool").exists(), "promtool is missing: install Debian's prometheus package"
+    return subprocess.run(["/usr/bin/promtool", *args], capture_output=True, text=True, timeout=120, cwd=ETC)
+
+
+def test_alert_rules_pass_promtool_check() -> None:
+    res = promtool("check", "rules", "jrd-alerts.yml")
+    assert res.returncode == 0 and "SUCCESS: 9 rules found" in res.stdout, res.stdout + res.stderr
+
+
+def test_alert_rules_unit_tests_pass() -> None:
+    res = promtool("test", "rules", "jrd-alerts.test.yml")
+    assert res.returncode == 0 and "SUCCESS" in res.stdout, res.stdout + res.stderr
+
+
+def test_example_scrape_config_is_valid() -> None:
+    res = promtool("check", "config", "prometheus.yml")
+    assert res.returncode == 0, res.stdout + res.stderr
