@@ -392,7 +392,7 @@ def test_reload_applies_and_a_broken_config_is_refused(service: Service) -> None
     try:
         res = booted.systemctl("reload", "jrd")
         assert res.returncode != 0
-        assert "not valid TOML" in booted.journal(), booted.diagnostics()
+        wait_for(lambda: "not valid TOML" in booted.journal(), 30, "`jrd check` to say why the reload failed")
         assert booted.systemctl("is-active", "jrd").stdout.strip() == "active"
         assert service.serving()
     finally:
