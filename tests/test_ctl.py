@@ -8,7 +8,9 @@ import pty
 import signal
 import socket
 import ssl
+import shutil
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -357,3 +359,37 @@ def test_malformed_requests_leave_the_daemon_serving(running_jrd: Jrd) -> None:
         assert running_jrd.jrdctl("status").returncode == 0
     assert running_jrd.proc is not None and running_jrd.proc.poll() is None
     assert running_jrd.serving()
+
+
+def test_control_group_members_may_use_it_and_others_are_told_who_may(outsider: str) -> None:
+    from concurrent.futures import Future
+
+    from jrd.control import ControlServer
+
+    class Daemon:
+        def submit(self, name: str, source: str, **args: object) -> Future:
+            fut: Future = Future()
+            fut.set_result({"programs": {"jupyter": {"state": "RUNNING"}, "nginx": {"state": "RUNNING"}}})
+            return fut
+
+    group = "jrdctl-testers"
+    subprocess.run(["groupdel", group], capture_output=True)
+    subprocess.run(["groupadd", group], check=True)
+    base = Path(tempfile.mkdtemp(prefix="jrdctl-", dir="/tmp"))
+    base.chmod(0o755)
+    server = ControlServer(base / "control.sock", group)
+    server.start(Daemon())  # type: ignore[arg-type]
+    try:
+        argv = ["runuser", "-u", outsider, "--", JRDCTL, "--socket", str(server.path), "status", "--json"]
+        res = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        assert res.returncode == 4
+        assert f"only root and members of group '{group}' may use jrdctl" in res.stderr
+        assert f"usermod -aG {group} {outsider}" in res.stderr
+        subprocess.run(["usermod", "-aG", group, outsider], check=True)
+        res = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, res.stderr
+    finally:
+        server.stop(None)  # type: ignore[arg-type]
+        subprocess.run(["gpasswd", "-d", outsider, group], capture_output=True)
+        subprocess.run(["groupdel", group], check=True)
+        shutil.rmtree(base, ignore_errors=True)
