@@ -41,9 +41,11 @@ def config_loader(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def setup_logging(level: str) -> None:
+    # Under systemd the journal stamps time and pid itself.
+    under_journal = bool(os.environ.get("JOURNAL_STREAM"))
     logging.basicConfig(
         level=getattr(logging, level.upper()),
-        format="%(asctime)s jrd[%(process)d] %(levelname)s %(message)s",
+        format="%(levelname)s %(message)s" if under_journal else "%(asctime)s jrd[%(process)d] %(levelname)s %(message)s",
         stream=sys.stderr,
     )
 
@@ -177,6 +179,13 @@ def main(argv: list[str] | None = None) -> int:
     except JrdError as exc:
         print(f"jrd: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:
+        # The machine said no (read-only file system, disk full, permission denied):
+        # one line that names the file, not a traceback.
+        log.debug("OS error", exc_info=True)
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"jrd: {exc.strerror or exc}{where}; check the path's permissions and free space", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

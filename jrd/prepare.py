@@ -147,7 +147,15 @@ def make_dirs(inp: RenderInputs) -> None:
     ensure_dir(layout.jupyter_dir / "runtime", 0o700, owner)
     root_dir = inp.config.jupyter.root_dir
     if root_dir is not None and not root_dir.exists():
-        ensure_dir(root_dir, 0o755, owner)
+        where = inp.config.source or "the config"
+        try:
+            ensure_dir(root_dir, 0o755, owner)
+        except OSError as exc:
+            raise ConfigError(
+                f"{where}: [jupyter] root_dir = '{root_dir}' cannot be created ({exc.strerror}); create it "
+                "yourself, owned by the Jupyter account, and under systemd allow writing to it with a drop-in "
+                "(`systemctl edit jrd`: [Service] ReadWritePaths=" + str(root_dir) + ")"
+            ) from None
 
 
 def install(files: dict[str, RenderedFile]) -> list[str]:
