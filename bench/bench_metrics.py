@@ -114,6 +114,7 @@ def source_times(body: bytes) -> dict[str, float]:
 
 
 def run(scrapes: int, idle_seconds: float) -> dict[str, Any]:
+    load_before = os.getloadavg()[0]
     j = Jrd(short_tmp())
     try:
         j.start()
@@ -121,7 +122,9 @@ def run(scrapes: int, idle_seconds: float) -> dict[str, Any]:
         pid = j.proc.pid
         # Wait for the first health probes, so that every source is warm.
         time.sleep(1)
+        cpu_before = cpu_seconds(pid)
         jrd_lat = latencies(j.metrics_port, scrapes)
+        cpu_per_scrape = (cpu_seconds(pid) - cpu_before) / (scrapes + 20)
         _, body = scrape_once(j.metrics_port)
         total, own = series(body)
         server, port = baseline_server()
@@ -147,10 +150,13 @@ def run(scrapes: int, idle_seconds: float) -> dict[str, Any]:
         return {
             "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
             "python": platform.python_version(),
+            # Other work on the machine shows in the tail latencies: say how busy it was.
+            "load_average_1m_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
             "scrapes": scrapes,
             "scrape_jrd": jrd_summary,
             "scrape_baseline_process_python_only": base_summary,
             "ratio_median_vs_baseline": round(jrd_summary["median_ms"] / base_summary["median_ms"], 2),
+            "jrd_cpu_ms_per_scrape": round(cpu_per_scrape * 1000, 2),
             "source_ms_in_last_scrape": source_times(body),
             "series_total": total,
             "series_jrd": own,
@@ -174,12 +180,14 @@ def main() -> int:
         print(json.dumps(result, indent=2))
         return 0
     s, b = result["scrape_jrd"], result["scrape_baseline_process_python_only"]
-    print(f"machine: {result['machine']}, Python {result['python']}")
+    print(f"machine: {result['machine']}, Python {result['python']}, "
+          f"load average before/after {result['load_average_1m_before_after']}")
     print(f"scrape latency over {result['scrapes']} scrapes: median {s['median_ms']} ms, p99 {s['p99_ms']} ms, "
           f"max {s['max_ms']} ms (goal p99 < 25 ms)")
     print(f"baseline (process+Python collectors only): median {b['median_ms']} ms, p99 {b['p99_ms']} ms; "
           f"jrd/baseline median ratio {result['ratio_median_vs_baseline']}")
-    print(f"time per source in one scrape (ms): {result['source_ms_in_last_scrape']}")
+    print(f"jrd's CPU per scrape: {result['jrd_cpu_ms_per_scrape']} ms; "
+          f"time per source in one scrape (ms): {result['source_ms_in_last_scrape']}")
     print(f"series: {result['series_total']} in total, {result['series_jrd']} of them jrd_*")
     print(f"idle CPU over {result['idle_seconds']} s (% of one core): {result['idle_cpu_percent_of_one_core']} "
           "(goal for jrd < 0.5)")

@@ -128,7 +128,8 @@ class ProgramEvents:
         # the kernel queues datagrams until the receiver thread reads them.
         self._bind(socket_path(inputs.layout))
         command = shlex.join([str(self._python), "-m", "jrd.events", str(self._path)])
-        return replace(inputs, event_listener_command=command)
+        # supervisord expands %(name)s in commands: a literal % is written %%.
+        return replace(inputs, event_listener_command=command.replace("%", "%%"))
 
     def _bind(self, path: Path) -> None:
         if self._sock is not None:
