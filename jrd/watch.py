@@ -24,8 +24,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from watchdog.events import (
+    DirAttribEvent,
+    DirDeletedEvent,
     DirModifiedEvent,
     FileClosedNoWriteEvent,
+    FileDeletedEvent,
     FileModifiedEvent,
     FileOpenedEvent,
     FileSystemEvent,
@@ -42,9 +45,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("jrd")
 
 # A burst is over when nothing happened for QUIET seconds.  A file that was
-# written but not yet closed may still be half-written: wait up to WRITE_GRACE
-# for its close.  However busy the directory, act at least every MAX_DELAY.
-QUIET = 0.1
+# written but not yet closed may still be half-written, and one that was just
+# deleted is usually about to be recreated: then wait up to WRITE_GRACE for the
+# close or the new file.  However busy the directory, act at least every MAX_DELAY.
+QUIET = 0.03
 WRITE_GRACE = 1.0
 MAX_DELAY = 2.0
 MAX_SYMLINK_HOPS = 40
@@ -54,8 +58,8 @@ MAX_SYMLINK_HOPS = 40
 class Debouncer:
     """Collapse a burst of events into one action once it settles.
 
-    `note(now, settled)` records an event; `settled=False` means a file was
-    written and not closed yet.  `due(now)` is true once, when the burst is over.
+    `note(now, settled)` records an event; `settled=False` means more is
+    expected soon (a file written and not closed yet, or just deleted).  `due(now)` is true once, when the burst is over.
     """
 
     def __init__(self, quiet: float = QUIET, write_grace: float = WRITE_GRACE, max_delay: float = MAX_DELAY):
@@ -231,14 +235,17 @@ class ConfigWatcher(FileSystemEventHandler):
 
     # events, on the observer's thread
     def on_any_event(self, event: FileSystemEvent) -> None:
-        if isinstance(event, (FileOpenedEvent, FileClosedNoWriteEvent, DirModifiedEvent)):
+        # Opens, reads and a directory's own metadata (jrd itself chmods the state
+        # dir on every build) cannot change a watched file's content.
+        if isinstance(event, (FileOpenedEvent, FileClosedNoWriteEvent, DirModifiedEvent, DirAttribEvent)):
             return
         paths = [event.src_path, getattr(event, "dest_path", "")]
         with self._lock:
             if not relevant(paths, [t.chain for t in self._targets.values()]):
                 return
-            # A write not yet closed may be half a file; a symlink or a rename is whole at once.
-            settled = not isinstance(event, FileModifiedEvent)
+            # A write not yet closed may be half a file, and a deletion is often the first half
+            # of a delete-and-recreate; a close, a new symlink or a rename is whole at once.
+            settled = not isinstance(event, (FileModifiedEvent, FileDeletedEvent, DirDeletedEvent))
             self._debouncer.note(self._clock(), settled)
         log.debug("watch: %s %s", event.event_type, " -> ".join(os.fsdecode(p) for p in paths if p))
         self._wake.set()

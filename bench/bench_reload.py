@@ -1,0 +1,144 @@
+"""Benchmark for issue 4: how fast a config edit is live, and what clients see meanwhile.
+
+Starts a real jrd (supervisord, nginx, JupyterLab) in /tmp on loopback ports and
+measures:
+
+1. latency: from the atomic rename of an edited jrd.toml to the first request
+   that nginx answers with the new config (a new client_max_body_size, seen
+   as a 413 for a body one byte larger), over many edits;
+2. failed requests under continuous load while reloading, for clients on
+   fresh connections and on keep-alive connections, during config edits
+   applied by jrd and, in the same run, during bare `kill -HUP` of the nginx
+   master (what `nginx -s reload` does).
+
+Run:  .venv/bin/python bench/bench_reload.py [--edits 40] [--reloads 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+import requests  # noqa: E402
+
+from conftest import Jrd, short_tmp, wait_for  # noqa: E402
+from test_reload import MIB, body_status, config, reload_lines, write_atomically  # noqa: E402
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def latency(j: Jrd, edits: int, start_limit: int) -> list[float]:
+    out = []
+    limit = start_limit
+    for _ in range(edits):
+        limit -= 2
+        before = len(reload_lines(j, "applied"))
+        t0 = time.monotonic()
+        write_atomically(j.config_path, config(j, limit))
+        while body_status(j, limit * MIB + 1) != 413:
+            if time.monotonic() - t0 > 10:
+                raise SystemExit(f"edit to {limit}m was not live after 10 s")
+            # Probe every 10 ms: a tighter loop only competes with jrd and nginx for the CPUs.
+            time.sleep(0.01)
+        out.append(time.monotonic() - t0)
+        wait_for(lambda: len(reload_lines(j, "applied")) > before, 10, "the reload line")
+        time.sleep(0.3)  # let the old nginx workers go before the next edit
+    return out
+
+
+class Clients:
+    """`fresh` threads open a new TLS connection per request; `keepalive` threads reuse one session."""
+
+    def __init__(self, j: Jrd, fresh: int = 2, keepalive: int = 2):
+        self.j = j
+        self.stop = threading.Event()
+        self.counts = {"fresh": [0, 0], "keepalive": [0, 0]}  # [ok, failed]
+        self.errors: list[str] = []
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self.run, args=("fresh",), daemon=True) for _ in range(fresh)]
+        self.threads += [threading.Thread(target=self.run, args=("keepalive",), daemon=True) for _ in range(keepalive)]
+
+    def run(self, kind: str) -> None:
+        session = self.j.session()
+        while not self.stop.is_set():
+            if kind == "fresh":
+                session.close()
+                session = self.j.session()
+            try:
+                ok = session.get(self.j.url("/api"), timeout=10).status_code == 200
+                err = "" if ok else "HTTP status"
+            except requests.RequestException as exc:
+                ok, err = False, f"{type(exc).__name__}"
+            with self.lock:
+                self.counts[kind][0 if ok else 1] += 1
+                if err:
+                    self.errors.append(f"{kind}: {err}")
+        session.close()
+
+    def __enter__(self) -> "Clients":
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(30)
+
+
+def under_load(j: Jrd, reloads: int, action, gap: float = 0.6) -> dict[str, list[int]]:  # type: ignore[no-untyped-def]
+    with Clients(j) as clients:
+        time.sleep(0.5)
+        for i in range(reloads):
+            action(i)
+            time.sleep(gap)
+        time.sleep(0.5)
+    return {k: list(v) for k, v in clients.counts.items()}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--edits", type=int, default=40)
+    parser.add_argument("--reloads", type=int, default=15)
+    args = parser.parse_args()
+
+    j = Jrd(short_tmp())
+    j.start()
+    try:
+        nginx_version = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip()
+        print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}")
+        print(f"{nginx_version}, Python {platform.python_version()}")
+
+        lat = latency(j, args.edits, 1000)
+        print(f"\nedit -> live (n={len(lat)}): median {statistics.median(lat) * 1000:.0f} ms, "
+              f"p95 {percentile(lat, 0.95) * 1000:.0f} ms, max {max(lat) * 1000:.0f} ms")
+
+        limits = iter(range(800, 600, -2))
+        edits = under_load(j, args.reloads, lambda i: write_atomically(j.config_path, config(j, next(limits))))
+        nginx_master = j.supervisor_pid("nginx")
+        hups = under_load(j, args.reloads, lambda i: os.kill(nginx_master, signal.SIGHUP))
+        print(f"\nfailed/total requests during {args.reloads} reloads:")
+        for name, counts in (("jrd config edits", edits), ("bare HUP of nginx", hups)):
+            row = ", ".join(f"{k} {v[1]}/{v[0] + v[1]}" for k, v in counts.items())
+            print(f"  {name:18s}: {row}")
+    finally:
+        j.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
