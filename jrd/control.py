@@ -418,7 +418,12 @@ def request(path: Path, command: str, timeout: float | None = None, **args: Any)
         sock.close()
     if not data:
         raise JrdError(f"jrd closed the connection without answering {command}; is it shutting down?")
-    answer = json.loads(data)
+    try:
+        answer = json.loads(data)
+    except ValueError:
+        raise JrdError(f"jrd answered {command} with something that is not JSON: {bytes(data[:80])!r}") from None
+    if not isinstance(answer, dict):
+        raise JrdError(f"jrd answered {command} with {answer!r} instead of an object")
     if not answer.get("ok"):
         err = ControlError(answer.get("error") or "jrd refused the request")
         # jrdctl's own codes: the daemon's error classes would collide with them

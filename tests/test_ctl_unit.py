@@ -297,3 +297,15 @@ def test_completion_scripts_parse() -> None:
                            '\nCOMP_WORDS=(jrdctl restart j); COMP_CWORD=2; _jrdctl; echo "${COMPREPLY[@]}"'],
                           capture_output=True, text=True, timeout=30)
     assert bash.stdout.strip() == "jupyter"
+
+
+def test_socket_is_found_even_while_the_config_on_disk_is_invalid(tmp_path: Path) -> None:
+    import argparse
+
+    conf = tmp_path / "jrd.toml"
+    conf.write_text(f'[paths]\nruntime_dir = "{tmp_path}/run"\n[nginx]\nport = 0\n')
+    args = argparse.Namespace(config=conf)
+    assert ctl.find_socket(args) == tmp_path / "run" / "control.sock"
+    conf.write_text(f'[paths]\nruntime_dir = "{tmp_path}/run2"\n[nginx]\n[nginx]\n')  # not even TOML
+    assert ctl.find_socket(args) == tmp_path / "run2" / "control.sock"
+    assert ctl.find_socket(argparse.Namespace(config=conf, socket=tmp_path / "s")) == tmp_path / "s"
