@@ -28,7 +28,6 @@ import platform
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
