@@ -234,8 +234,13 @@ def test_deleted_file_is_logged_not_reloaded_and_its_return_reloads(setup, caplo
     base, conf, daemon, watcher = setup
     caplog.set_level(logging.ERROR, logger="jrd")
     conf.unlink()
+
+    def logged() -> int:
+        return sum("disappeared" in r.getMessage() and str(conf) in r.getMessage() for r in caplog.records)
+
+    wait_for(logged, 5, "the disappearance to be logged")
     assert settled(daemon, watcher, 0) == []
-    assert sum("disappeared" in r.getMessage() and str(conf) in r.getMessage() for r in caplog.records) == 1
+    assert logged() == 1
     conf.write_text(config_text(base, 7))
     assert len(settled(daemon, watcher, 1)) == 1
 
