@@ -16,7 +16,6 @@ import queue
 import signal
 import socket
 import subprocess
-import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from typing import Any, Callable
 
 from jrd import __version__, certs, passwords, prepare, probe, renewal, states
 from jrd.config import Config, load_config
-from jrd.errors import ConfigError, JrdError, PreflightError, StartupError, SupervisorError
+from jrd.errors import JrdError, PreflightError, StartupError, SupervisorError
 from jrd.fsutil import atomic_write, ensure_dir
 from jrd.layout import Layout
 from jrd.render import RenderedFile, RenderInputs, render_all
@@ -398,6 +397,8 @@ class Daemon:
                 "last_at": self.reloads.at,
                 "last_success_at": self.reloads.last_success_at,
                 "error": self.reloads.error,
+                "successes": self.reloads.successes,
+                "failures": self.reloads.failures,
             },
             "pending": self.pending(),
         }
@@ -425,8 +426,13 @@ class Daemon:
         self.restarts[(program, reason)] = self.restarts.get((program, reason), 0) + 1
 
     def restart_program(self, name: str, reason: str) -> None:
-        """Restart one program the least disruptive way: nginx reloads gracefully."""
-        if name == "nginx" and self.supervisor.process("nginx").running:
+        """Restart one program the least disruptive way that works.
+
+        nginx reloads gracefully (open websockets live on in its old workers),
+        except when it failed its health probes: a hung master would not act on
+        the HUP, so it is stopped and started.
+        """
+        if name == "nginx" and reason != states.REASON_UNHEALTHY and self.supervisor.process("nginx").running:
             self.reload_nginx()
         else:
             info = self.supervisor.process(name)
@@ -446,9 +452,11 @@ class Daemon:
         if reason not in states.RESTART_REASONS:
             raise JrdError(f"unknown restart reason {reason!r}; valid reasons are: {', '.join(states.RESTART_REASONS)}")
         for name in self._program(cmd):
-            self.restart_program(name, reason)
-        if cmd.args.get("program", "all") in ("jupyter", "all"):
-            self.pending_restart = None
+            if name == "jupyter" and self.pending_restart:
+                # The restart a reload was waiting for: it applies what that reload deferred.
+                self._maybe_restart_jupyter(now=True, reason=reason)
+            else:
+                self.restart_program(name, reason)
         return {"restarted": self._program(cmd)}
 
     def _do_start(self, cmd: Command) -> dict[str, Any]:
@@ -477,16 +485,30 @@ class Daemon:
             raise JrdError(f"the new password is saved in {self.layout.password_file} but not applied yet: {exc}") from None
 
     def _do_kernels(self, cmd: Command) -> dict[str, int]:
-        """How many kernels Jupyter has, and how many are executing, asked with the internal token."""
-        cfg = self.config
+        """How many kernels Jupyter has, and how many are executing."""
+        counts = self.kernel_counts()
+        if counts is None:
+            raise JrdError("Jupyter did not list its kernels; see `jrdctl logs jupyter`")
+        return counts
+
+    def kernel_counts(self) -> dict[str, int] | None:
+        """{"running": n, "busy": n} from Jupyter's API with the internal token; None if it cannot say.
+
+        `no_track_activity` keeps jrd's own questions out of Jupyter's idea of user activity.
+        """
         if not self.inputs:
             return {"running": 0, "busy": 0}
-        result = probe.get("127.0.0.1", cfg.jupyter.port, cfg.jupyter.base_url + "api/kernels", tls=False,
-                           timeout=5, token=self.inputs.internal_token)
+        cfg = self.config
+        result = probe.get("127.0.0.1", cfg.jupyter.port, cfg.jupyter.base_url + "api/kernels?no_track_activity=1",
+                           tls=False, timeout=5, token=self.inputs.internal_token)
         if not result.ok:
-            raise JrdError(f"Jupyter did not list its kernels ({result.error or f'HTTP {result.status}'})")
-        kernels = result.json()
-        return {"running": len(kernels), "busy": sum(1 for k in kernels if k.get("execution_state") == "busy")}
+            log.debug("could not list kernels (%s)", result.error or f"HTTP {result.status}")
+            return None
+        try:
+            kernels = result.json()
+            return {"running": len(kernels), "busy": sum(1 for k in kernels if k.get("execution_state") == "busy")}
+        except (ValueError, AttributeError, TypeError):
+            return None
 
     def _do_logs(self, cmd: Command) -> dict[str, Any]:
         """A program's log: the last `lines` lines, or what was appended after `offset`."""
@@ -635,15 +657,15 @@ class Daemon:
         else:
             self.timers["jupyter-restart"] = self._clock()
 
-    def _maybe_restart_jupyter(self) -> None:
-        """The pending Jupyter restart, if its policy allows it now; never raises."""
+    def _maybe_restart_jupyter(self, now: bool = False, reason: str = states.REASON_RELOAD) -> None:
+        """The pending Jupyter restart, if its policy allows it (or `now`); never raises."""
         pending = self.pending_restart
         if not pending:
             self.timers.pop("jupyter-restart", None)
             return
         policy = self.config.jupyter
         waited = self._clock() - pending["since"]
-        if policy.restart_policy == "idle" and waited < policy.restart_max_wait_seconds:
+        if not now and policy.restart_policy == "idle" and waited < policy.restart_max_wait_seconds:
             busy = self.busy_kernels()
             if busy:
                 if not pending["busy_logged"]:
@@ -654,35 +676,27 @@ class Daemon:
                 return
         self.pending_restart = None
         self.timers.pop("jupyter-restart", None)
-        reason = pending["reason"] + (f", after waiting {waited:.0f} s" if waited >= 1 else "")
+        why = pending["reason"] + (f", after waiting {waited:.0f} s" if waited >= 1 else "")
         try:
             if pending["update"]:
                 _, changed, _ = self.supervisor.update()
                 for name in changed:
-                    self._count_restart(name, states.REASON_RELOAD)
+                    self._count_restart(name, reason)
                 if "jupyter" in changed:
-                    log.info("restarted jupyter with its new program definition (%s)", reason)
+                    log.info("restarted jupyter with its new program definition (%s)", why)
                     return
-            self.restart_program("jupyter", states.REASON_RELOAD)
+            self.restart_program("jupyter", reason)
         except JrdError as exc:
-            log.error("restarting jupyter (%s) failed: %s", reason, exc)
+            log.error("restarting jupyter (%s) failed: %s", why, exc)
+            if now:
+                raise  # someone asked for this restart and is waiting for the answer
         except Exception:
-            log.exception("restarting jupyter (%s) failed unexpectedly", reason)
+            log.exception("restarting jupyter (%s) failed unexpectedly", why)
 
     def busy_kernels(self) -> int:
-        """How many kernels are executing now, asked of Jupyter with the internal token (0 if it cannot say)."""
-        if not self.inputs:
-            return 0
-        cfg = self.config
-        result = probe.get("127.0.0.1", cfg.jupyter.port, cfg.jupyter.base_url + "api/kernels", tls=False,
-                           timeout=5, token=self.inputs.internal_token)
-        if not result.ok:
-            log.debug("could not list kernels (%s); restarting without waiting", result.error or f"HTTP {result.status}")
-            return 0
-        try:
-            return sum(1 for k in result.json() if k.get("execution_state") == "busy")
-        except (ValueError, AttributeError, TypeError):
-            return 0
+        """How many kernels are executing now (0 if Jupyter cannot say: then nothing waits)."""
+        counts = self.kernel_counts()
+        return counts["busy"] if counts else 0
 
     # --- certificates ----------------------------------------------------------
     def _next_cert_check(self) -> float:
@@ -792,7 +806,7 @@ def _reap() -> None:
 
 def preflight_ports(config: Config) -> None:
     """Fail with a clear sentence if a port that jrd needs is taken."""
-    wanted = [(addr, config.nginx.port, f"[nginx] port") for addr in config.nginx.listen]
+    wanted = [(addr, config.nginx.port, "[nginx] port") for addr in config.nginx.listen]
     wanted.append(("127.0.0.1", config.jupyter.port, "[jupyter] port"))
     if config.metrics.listen:
         host, _, port = config.metrics.listen.rpartition(":")

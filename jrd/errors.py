@@ -52,9 +52,3 @@ class StartupError(JrdError):
     """A supervised program did not come up."""
 
     exit_code = 7
-
-
-class NotRunningError(JrdError):
-    """The daemon is not running (no control socket)."""
-
-    exit_code = 3

@@ -6,14 +6,13 @@ The running nginx is supervised; reloading it is a signal through
 
 from __future__ import annotations
 
-import http.client
 import re
 import shutil
-import socket
 import subprocess
 from pathlib import Path
 
 from jrd.errors import NginxConfigError, PreflightError
+from jrd.unixhttp import UnixHTTPConnection
 
 
 def find_nginx(binary: str) -> Path:
@@ -56,21 +55,9 @@ def parse_version(text: str) -> tuple[int, int, int]:
     return (major, minor, patch)
 
 
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: Path, timeout: float):
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(str(self._path))
-        self.sock = sock
-
-
 def read_stub_status(status_socket: Path, timeout: float = 1.0) -> dict[str, int]:
     """nginx's stub_status counters: active, accepts, handled, requests, reading, writing, waiting."""
-    conn = _UnixHTTPConnection(status_socket, timeout)
+    conn = UnixHTTPConnection(str(status_socket), timeout)
     try:
         conn.request("GET", "/stub_status")
         body = conn.getresponse().read().decode()

@@ -17,12 +17,12 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from jrd import certs, nginx, passwords, profiles
+from jrd import certs, nginx, profiles
 from jrd.config import Config
 from jrd.errors import ConfigError, PreflightError
 from jrd.fsutil import atomic_write, ensure_dir
 from jrd.layout import Layout
-from jrd.render import Account, RenderedFile, RenderInputs, nginx_public_dir, nginx_temp_dir, render_all
+from jrd.render import Account, RenderedFile, RenderInputs, nginx_public_dir, nginx_temp_dir
 
 
 def venv_bin() -> Path:

@@ -10,7 +10,6 @@ import ctypes
 import http.client
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from typing import Any
 
 from jrd import states
 from jrd.errors import SupervisorError
+from jrd.unixhttp import UnixHTTPConnection
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
@@ -55,22 +55,6 @@ def launch_supervisord(conf: Path, python: Path | None = None) -> subprocess.Pop
     )
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float):
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self._path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
-
-
 class _UnixTransport(xmlrpc.client.Transport):
     def __init__(self, path: str, timeout: float):
         super().__init__()
@@ -78,7 +62,7 @@ class _UnixTransport(xmlrpc.client.Transport):
         self._timeout = timeout
 
     def make_connection(self, host: Any) -> http.client.HTTPConnection:
-        return _UnixConnection(self._path, self._timeout)
+        return UnixHTTPConnection(self._path, self._timeout)
 
 
 @dataclass(frozen=True)

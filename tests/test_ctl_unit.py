@@ -9,7 +9,6 @@ import socket
 import stat
 import subprocess
 import sys
-import threading
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
