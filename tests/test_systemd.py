@@ -68,12 +68,15 @@ mount --bind /sys "$root/sys"
 mount -o remount,bind,ro "$root/sys"
 mount --rbind /sys/fs/cgroup "$root/sys/fs/cgroup"
 mount -t tmpfs -o mode=755,nosuid dev "$root/dev"
-for node in null zero full random urandom tty; do
-  touch "$root/dev/$node"
-  mount --bind "/dev/$node" "$root/dev/$node"
-done
-touch "$root/dev/console"
-mount --bind /dev/null "$root/dev/console"
+# New device nodes, not bind mounts of the host's: systemd chowns and chmods
+# /dev/console (and a bound node would be the host's own /dev/null).
+mknod -m 666 "$root/dev/null" c 1 3
+mknod -m 666 "$root/dev/zero" c 1 5
+mknod -m 666 "$root/dev/full" c 1 7
+mknod -m 666 "$root/dev/random" c 1 8
+mknod -m 666 "$root/dev/urandom" c 1 9
+mknod -m 666 "$root/dev/tty" c 5 0
+mknod -m 600 "$root/dev/console" c 1 3
 mkdir "$root/dev/pts" "$root/dev/shm"
 mount -t devpts -o newinstance,ptmxmode=0666,mode=620,gid=5 devpts "$root/dev/pts"
 ln -s pts/ptmx "$root/dev/ptmx"
@@ -325,6 +328,7 @@ def service() -> Iterator[Service]:
     """jrd installed by scripts/install-system into a booted Debian, configured, not yet started."""
     require_host()
     binds = [str(REPO)] + ([] if VENV.is_relative_to(REPO) else [str(VENV)])
+    host_devices = host_device_modes()
     booted = boot(cached_debian_root(), binds)
     try:
         res = booted.run(str(INSTALL), "--venv", str(VENV), timeout=120)
@@ -343,6 +347,19 @@ def service() -> Iterator[Service]:
         yield svc
     finally:
         shutdown(booted)
+        # The booted systemd must not have touched the host's devices (it chowns /dev/console).
+        assert host_device_modes() == host_devices, "the booted systemd changed the host's /dev nodes"
+
+
+def host_device_modes() -> dict[str, tuple[int, int, int]]:
+    out = {}
+    for name in ("null", "zero", "full", "random", "urandom", "tty", "console"):
+        try:
+            st = os.stat(f"/dev/{name}")
+        except FileNotFoundError:
+            continue
+        out[name] = (st.st_mode, st.st_uid, st.st_gid)
+    return out
 
 
 def test_install_system_puts_everything_in_place(service: Service) -> None:
