@@ -283,6 +283,8 @@ def load_chain(path: Path) -> list[x509.Certificate]:
         return x509.load_pem_x509_certificates(path.read_bytes())
     except FileNotFoundError:
         raise CertError(f"{path}: certificate file is missing") from None
+    except OSError as exc:
+        raise CertError(f"{path}: cannot read certificate ({exc.strerror})") from None
     except ValueError:
         raise CertError(f"{path}: not a PEM certificate chain (corrupt or wrong file)") from None
 

@@ -84,7 +84,7 @@ def check_config(config: Config) -> None:
         hashed = passwords.read_password_hash(real.password_file) if real.password_file.exists() else None
         inputs = prepare.gather_inputs(config, layout, tls, hashed or "argon2:placeholder", "0" * 64)
         files = render_all(inputs)
-        prepare.make_dirs(inputs)
+        prepare.make_dirs(inputs, create_root_dir=False)
         prepare.install(files)
         prepare.nginx.test_config(inputs.nginx_executable, layout.nginx_conf)
 

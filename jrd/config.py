@@ -83,7 +83,10 @@ def _string_list(item: Callable[[Any], str] = _string) -> Callable[[Any], tuple[
 def _path(value: Any) -> Path:
     if not isinstance(value, str) or not value:
         raise ValueError("a non-empty path string")
-    return Path(value).expanduser()
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        raise ValueError("an absolute path (starting with '/'), since a service has no working directory of its own")
+    return path
 
 
 def _optional_path(value: Any) -> Path | None:
@@ -92,7 +95,9 @@ def _optional_path(value: Any) -> Path | None:
     return _path(value)
 
 
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)(\*\.)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+# No wildcards: Jupyter's own Host check compares names exactly, so a
+# "*.example.com" certificate would pass nginx and then be refused by Jupyter.
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 
 
 def _dns_name(value: Any) -> str:
@@ -106,6 +111,8 @@ def _dns_name(value: Any) -> str:
 
 
 def _ip_address(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("an IP address in quotes, such as '203.0.113.7'")
     try:
         return str(ipaddress.ip_address(value))
     except ValueError:
@@ -113,11 +120,16 @@ def _ip_address(value: Any) -> str:
 
 
 def _listen_address(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("an IP address in quotes ('0.0.0.0', '127.0.0.1', '[::]')")
     if value in ("*", "0.0.0.0", "[::]"):
         return value
-    if isinstance(value, str) and value.startswith("[") and value.endswith("]"):
-        if ipaddress.ip_address(value[1:-1]).version == 6:
-            return value
+    if value.startswith("[") and value.endswith("]"):
+        try:
+            if ipaddress.ip_address(value[1:-1]).version == 6:
+                return value
+        except ValueError:
+            pass
     try:
         addr = ipaddress.ip_address(value)
     except ValueError:
@@ -379,6 +391,13 @@ def _check_whole(where: str, config: Config) -> None:
     tls = config.tls
     if (tls.cert_file is None) != (tls.key_file is None):
         raise ConfigError(f"{where}: [tls] cert_file and key_file must be set together (or both left empty for jrd's own CA)")
+    if config.metrics.listen:
+        metrics_port = int(config.metrics.listen.rpartition(":")[2])
+        for key, port in (("[nginx] port", config.nginx.port), ("[jupyter] port", config.jupyter.port)):
+            if metrics_port == port:
+                raise ConfigError(
+                    f"{where}: [metrics] listen = {config.metrics.listen!r} uses the same port as {key}; give metrics its own port"
+                )
     if config.jupyter.port == config.nginx.port:
         raise ConfigError(
             f"{where}: [jupyter] port = {config.jupyter.port} is the same as [nginx] port; give Jupyter its own loopback port"

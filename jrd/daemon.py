@@ -150,7 +150,7 @@ class Daemon:
 
     def start(self) -> None:
         cfg, layout = self.config, self.layout
-        ensure_dir(layout.runtime_dir, 0o755)
+        ensure_dir(layout.runtime_dir, 0o755, force=False)
         self._acquire_lock()
         preflight_ports(cfg)
         password_note = self._ensure_password()

@@ -8,9 +8,12 @@ new one and never half of either.
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
+
+from jrd.errors import JrdError
 
 
 def fsync_dir(directory: Path) -> None:
@@ -63,10 +66,32 @@ def atomic_write(
     return True
 
 
-def ensure_dir(path: Path, mode: int, owner: tuple[int, int] | None = None) -> Path:
-    """Create `path` if needed and force its mode (and owner)."""
-    path.mkdir(parents=True, exist_ok=True)
-    os.chmod(path, mode)
-    if owner is not None and os.geteuid() == 0:
-        os.chown(path, *owner)
+def ensure_dir(path: Path, mode: int, owner: tuple[int, int] | None = None, force: bool = True) -> Path:
+    """Create `path` with `mode` (and owner) if missing; with `force`, also fix an existing one.
+
+    Never follows a symlink at `path`: a directory that another account can
+    write to (the Jupyter account's) must not steer root's chmod or chown
+    elsewhere.  Without `force`, an existing directory is left as it is, so
+    that pointing [paths] at a shared directory never changes its mode.
+    """
+    created = False
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.mkdir(path, mode)
+        created = True
+    except FileExistsError:
+        pass
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise JrdError(f"{path} is a symlink or not a directory; jrd will not follow it there: remove it and try again") from None
+        raise
+    try:
+        if created or force:
+            os.fchmod(fd, mode)
+            if owner is not None and os.geteuid() == 0:
+                os.fchown(fd, *owner)
+    finally:
+        os.close(fd)
     return path

@@ -31,7 +31,7 @@ def check_password(hashed: str, password: str) -> bool:
 
 
 def write_password_hash(path: Path, hashed: str) -> None:
-    ensure_dir(path.parent, 0o700)
+    ensure_dir(path.parent, 0o700, force=False)
     atomic_write(path, hashed + "\n", 0o600)
 
 
@@ -59,6 +59,6 @@ def ensure_internal_token(path: Path) -> str:
     except FileNotFoundError:
         pass
     token = secrets.token_hex(32)
-    ensure_dir(path.parent, 0o700)
+    ensure_dir(path.parent, 0o700, force=False)
     atomic_write(path, token + "\n", 0o600)
     return token

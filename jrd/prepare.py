@@ -129,27 +129,29 @@ def gather_inputs(config: Config, layout: Layout, tls: TlsFiles, hashed_password
     )
 
 
-def make_dirs(inp: RenderInputs) -> None:
+def make_dirs(inp: RenderInputs, create_root_dir: bool = True) -> None:
     """The runtime and log directories, each with the narrowest mode that works."""
     layout = inp.layout
     acct = inp.jupyter_account
     root = inp.running_as_root
-    ensure_dir(layout.state_dir, 0o700)
-    ensure_dir(layout.runtime_dir, 0o755)
-    ensure_dir(layout.log_dir, 0o750)
+    # The configured directories get a mode when jrd creates them, and are left
+    # alone otherwise; what jrd keeps inside them has its mode forced.
+    ensure_dir(layout.state_dir, 0o700, force=False)
+    ensure_dir(layout.runtime_dir, 0o755, force=False)
+    ensure_dir(layout.log_dir, 0o750, force=False)
     ensure_dir(layout.supervisor_dir, 0o700)
     ensure_dir(layout.nginx_dir, 0o755)
     ensure_dir(nginx_public_dir(inp.layout), 0o755)
     worker = pwd.getpwnam(inp.nginx_worker_user) if root else None
     ensure_dir(nginx_temp_dir(inp.layout), 0o700, (worker.pw_uid, worker.pw_gid) if worker else None)
     owner = (acct.uid, acct.gid) if root else None
+    # Jupyter makes its runtime dir inside this one itself, as its own account.
     ensure_dir(layout.jupyter_dir, 0o700, owner)
-    ensure_dir(layout.jupyter_dir / "runtime", 0o700, owner)
     root_dir = inp.config.jupyter.root_dir
-    if root_dir is not None and not root_dir.exists():
+    if create_root_dir and root_dir is not None and not root_dir.exists():
         where = inp.config.source or "the config"
         try:
-            ensure_dir(root_dir, 0o755, owner)
+            ensure_dir(root_dir, 0o755, owner, force=False)
         except OSError as exc:
             raise ConfigError(
                 f"{where}: [jupyter] root_dir = '{root_dir}' cannot be created ({exc.strerror}); create it "
@@ -162,7 +164,7 @@ def install(files: dict[str, RenderedFile]) -> list[str]:
     """Write every rendered file atomically; return the names of those that changed."""
     changed = []
     for name, f in files.items():
-        ensure_dir(f.path.parent, f.path.parent.stat().st_mode & 0o7777 if f.path.parent.exists() else 0o755)
+        ensure_dir(f.path.parent, 0o755, force=False)
         if atomic_write(f.path, f.content, f.mode, f.owner):
             changed.append(name)
     return changed

@@ -59,6 +59,12 @@ def test_example_config_is_valid_and_documents_every_key() -> None:
         ("[tls]\ncert_file = \"/x.pem\"\n", ["cert_file", "key_file"]),
         ("[nginx\nport = 1", ["not valid TOML"]),
         ("[metrics]\nlisten = \"9100\"\n", ["[metrics] listen", "'9100'"]),
+        ("[metrics]\nlisten = \"127.0.0.1:8889\"\n", ["[metrics] listen", "[jupyter] port"]),
+        ("[paths]\nlog_dir = \"var/log\"\n", ["[paths] log_dir", "'var/log'", "absolute"]),
+        ("[tls]\nnames = [\"*.example.com\"]\n", ["[tls] names", "*.example.com"]),
+        ("[nginx]\nlisten = [1]\n", ["[nginx] listen", "in quotes"]),
+        ("[tls]\nip_addresses = [167772161]\n", ["ip_addresses", "in quotes"]),
+        ("[nginx]\nlisten = [\"[nope]\"]\n", ["[nginx] listen", "'[nope]'"]),
     ],
 )
 def test_bad_values_name_file_key_and_value(tmp_path: Path, toml: str, must_mention: list[str]) -> None:

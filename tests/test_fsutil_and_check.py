@@ -47,12 +47,39 @@ def test_atomic_write_failure_keeps_the_old_file(tmp_path: Path) -> None:
     assert f.read_text() == "old"
 
 
+def test_ensure_dir_never_follows_a_symlink(tmp_path: Path) -> None:
+    from jrd.errors import JrdError
+    from jrd.fsutil import ensure_dir
+
+    target = tmp_path / "precious"
+    target.mkdir(mode=0o755)
+    link = tmp_path / "runtime"
+    link.symlink_to(target)
+    import pytest
+
+    with pytest.raises(JrdError, match="symlink"):
+        ensure_dir(link, 0o700, (65534, 65534))
+    st = target.stat()
+    assert st.st_mode & 0o777 == 0o755 and st.st_uid == os.geteuid()
+
+
+def test_ensure_dir_leaves_an_existing_shared_dir_alone(tmp_path: Path) -> None:
+    from jrd.fsutil import ensure_dir
+
+    shared = tmp_path / "var-log"
+    shared.mkdir(mode=0o755)
+    ensure_dir(shared, 0o700, force=False)
+    assert shared.stat().st_mode & 0o777 == 0o755
+    fresh = ensure_dir(tmp_path / "new", 0o700, force=False)
+    assert fresh.stat().st_mode & 0o777 == 0o700
+
+
 def test_check_accepts_a_good_config_and_creates_nothing(make_jrd) -> None:  # type: ignore[no-untyped-def]
     j: Jrd = make_jrd()
     res = j.jrd("check")
     assert res.returncode == 0, res.stderr
     assert "OK" in res.stdout
-    assert not j.state.exists() and not j.run_dir.exists()
+    assert not j.state.exists() and not j.run_dir.exists() and not j.notebooks.exists()
 
 
 def test_check_shows_nginx_message_when_nginx_rejects(make_jrd) -> None:  # type: ignore[no-untyped-def]
@@ -86,3 +113,15 @@ def test_check_refuses_corrupt_external_certificate(make_jrd, tmp_path: Path) ->
     assert res.returncode == 5
     assert str(cert) in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_check_refuses_unreadable_external_certificate(make_jrd, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    j: Jrd = make_jrd()
+    cert_dir = tmp_path / "fullchain.pem"
+    cert_dir.mkdir()  # a directory where a file belongs
+    key = tmp_path / "privkey.pem"
+    key.write_text("x")
+    j.write_config(tls=f'cert_file = "{cert_dir}"\nkey_file = "{key}"\n')
+    res = j.jrd("check")
+    assert res.returncode == 5, res.stderr
+    assert "cannot read certificate" in res.stderr and "Traceback" not in res.stderr
