@@ -46,7 +46,7 @@ MAX_REQUEST_BYTES = 64 * 1024
 READ_TIMEOUT = 10.0
 MAX_CONNECTIONS = 16
 MAX_LOG_BYTES = 1024 * 1024
-PROGRAMS = ("jupyter", "nginx")
+PROGRAMS = states.PROGRAMS
 
 # exit codes of jrdctl, documented in the README; LSB where LSB has a meaning
 EXIT_OK = 0

@@ -16,15 +16,16 @@ import queue
 import signal
 import socket
 import subprocess
+import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from jrd import __version__, certs, passwords, prepare, probe, renewal, states
+from jrd import __version__, certs, passwords, prepare, probe, processes, renewal, states
 from jrd.config import Config, load_config
-from jrd.errors import JrdError, PreflightError, StartupError, SupervisorError
+from jrd.errors import Interrupted, JrdError, PreflightError, StartupError, SupervisorError
 from jrd.fsutil import atomic_write, ensure_dir
 from jrd.layout import Layout
 from jrd.render import RenderedFile, RenderInputs, render_all
@@ -40,6 +41,9 @@ IDLE_POLL = 1.0
 # Recheck the certificate at least this often, so that clock jumps and
 # suspends are caught even when the next renewal is months away.
 CERT_RECHECK = 3600.0
+# Backoff for programs that supervisord gave up on (FATAL).
+FATAL_RETRY_FIRST = 30.0
+FATAL_RETRY_MAX = 600.0
 
 
 @dataclass
@@ -106,6 +110,10 @@ class Daemon:
             "logs": self._do_logs,
         }
         self.extensions: list[Any] = []
+        self._fatal_retry: dict[str, tuple[float, float]] = {}
+        self._strays = processes.StrayReaper()
+        # Set by SIGTERM/SIGINT too, so that a start still waiting can give up at once.
+        self.stop_requested = threading.Event()
 
     # --- the one command path ---------------------------------------------
     def submit(self, name: str, source: str, **args: Any) -> Future[Any]:
@@ -123,6 +131,8 @@ class Daemon:
     def _on_signal(self, signum: int, _frame: Any) -> None:
         # Only enqueue: SimpleQueue.put is safe to call from a signal handler.
         name = "reload" if signum == signal.SIGHUP else "shutdown"
+        if name == "shutdown":
+            self.stop_requested.set()
         self.commands.put(Command(name, {}, f"signal {signal.Signals(signum).name}"))
 
     def install_signal_handlers(self) -> None:
@@ -135,6 +145,11 @@ class Daemon:
         self.install_signal_handlers()
         try:
             self.start()
+        except Interrupted as exc:
+            log.info("%s; stopping", exc)
+            self.stop_stack()
+            self._release_lock()
+            return 0
         except BaseException:
             self.stop_stack()
             self._release_lock()
@@ -157,7 +172,7 @@ class Daemon:
         self.prepare_and_install(cfg)
         become_subreaper()
         self.supervisord = launch_supervisord(layout.supervisord_conf)
-        self.supervisor.wait_ready(self._clock() + 30, alive=self.supervisord)
+        self.supervisor.wait_ready(self._clock() + 30, alive=self.supervisord, cancelled=self.stop_requested)
         for ext in self.extensions:
             ext.start(self)
         self.wait_serving(self._clock() + STARTUP_TIMEOUT)
@@ -258,10 +273,11 @@ class Daemon:
                 return
             last = result.error or f"HTTP {result.status}"
             for name, info in self.supervisor.processes().items():
-                if info.state in (states.FATAL, states.BACKOFF) and name in ("jupyter", "nginx"):
+                if info.state in (states.FATAL, states.BACKOFF) and name in states.PROGRAMS:
                     if info.state == states.FATAL or self._clock() + 1 > deadline:
                         raise StartupError(f"{name} failed to start: {self.log_tail(name)}")
-            time.sleep(0.1)
+            if self.stop_requested.wait(0.1):
+                raise Interrupted("stopped while waiting for Jupyter to answer")
         raise StartupError(f"Jupyter did not answer through nginx within {STARTUP_TIMEOUT:.0f} s ({last}); see {self.layout.log_dir}")
 
     def probe_through_nginx(self, timeout: float) -> probe.ProbeResult:
@@ -353,15 +369,28 @@ class Daemon:
         except SupervisorError as exc:
             log.warning("%s", exc)
             return
-        for name in ("jupyter", "nginx"):
+        now = self._clock()
+        for name in states.PROGRAMS:
             info = procs.get(name)
-            if info and info.state == states.FATAL:
-                # supervisord never retries FATAL by itself; jrd does, slowly.
-                log.error("%s gave up starting (FATAL): %s; trying again", name, self.log_tail(name))
-                try:
-                    self.supervisor.start(name, wait=False)
-                except SupervisorError as exc:
-                    log.error("%s", exc)
+            if info is None or info.state != states.FATAL:
+                if info is not None and info.state == states.RUNNING:
+                    self._fatal_retry.pop(name, None)
+                continue
+            # supervisord never retries FATAL by itself; jrd does, backing off
+            # (30 s, doubling, at most 10 min) so a broken program cannot spin.
+            due, delay = self._fatal_retry.get(name, (now, FATAL_RETRY_FIRST / 2))
+            if now < due:
+                continue
+            delay = min(delay * 2, FATAL_RETRY_MAX)
+            self._fatal_retry[name] = (now + delay, delay)
+            log.error("%s gave up starting (FATAL): %s; trying again now, then in %.0f s", name, self.log_tail(name), delay)
+            try:
+                self.supervisor.start(name, wait=False)
+            except SupervisorError as exc:
+                log.error("%s", exc)
+        exclude = {self.supervisord.pid} if self.supervisord is not None else set()
+        for pid in self._strays.sweep(exclude):
+            log.info("ended orphaned process %d (a kernel whose Jupyter is gone)", pid)
 
     # --- handlers ----------------------------------------------------------------
     def _do_shutdown(self, cmd: Command) -> str:
@@ -415,14 +444,14 @@ class Daemon:
 
     def _program(self, cmd: Command) -> list[str]:
         name = cmd.args.get("program", "all")
-        valid = ("jupyter", "nginx")
+        valid = states.PROGRAMS
         if name == "all":
             return list(valid)
         if name not in valid:
             raise JrdError(f"unknown program {name!r}; valid names are: {', '.join(valid)}, all")
         return [name]
 
-    def _count_restart(self, program: str, reason: str) -> None:
+    def count_restart(self, program: str, reason: str) -> None:
         self.restarts[(program, reason)] = self.restarts.get((program, reason), 0) + 1
 
     def restart_program(self, name: str, reason: str) -> None:
@@ -439,7 +468,7 @@ class Daemon:
             if info.state in (states.RUNNING, states.STARTING, states.BACKOFF):
                 self.supervisor.stop(name)
             self.supervisor.start(name)
-        self._count_restart(name, reason)
+        self.count_restart(name, reason)
         log.info("restarted %s (%s)", name, reason)
 
     def reload_nginx(self) -> None:
@@ -622,7 +651,7 @@ class Daemon:
             if added or changed_groups or removed:
                 actions.append(f"supervisord update (added {added}, changed {changed_groups}, removed {removed})")
             for name in changed_groups:
-                self._count_restart(name, states.REASON_RELOAD)
+                self.count_restart(name, states.REASON_RELOAD)
         if plan.reload_nginx and "nginx" not in changed_groups:
             # build() has just run `nginx -t` on these very bytes (staged); no need to wait for a second run.
             self.supervisor.signal("nginx", "HUP")
@@ -681,7 +710,7 @@ class Daemon:
             if pending["update"]:
                 _, changed, _ = self.supervisor.update()
                 for name in changed:
-                    self._count_restart(name, reason)
+                    self.count_restart(name, reason)
                 if "jupyter" in changed:
                     log.info("restarted jupyter with its new program definition (%s)", why)
                     return
@@ -736,7 +765,7 @@ class Daemon:
             if status not in (0, -signal.SIGTERM):
                 log.warning("supervisord exited with status %s", status)
             self.supervisord = None
-        reap_orphans()
+        processes.reap_all()
 
 
 def _snapshot(paths: list[Path]) -> dict[Path, tuple[bytes, os.stat_result]]:
@@ -755,53 +784,6 @@ def _restore(snapshot: dict[Path, tuple[bytes, os.stat_result]]) -> None:
     for path, (data, st) in snapshot.items():
         if atomic_write(path, data, st.st_mode & 0o7777):
             os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
-
-
-def reap_orphans(grace: float = 5.0) -> None:
-    """Terminate, then kill, every child still left (kernels orphaned to us as subreaper)."""
-    me = os.getpid()
-    deadline = time.monotonic() + grace
-    sig = signal.SIGTERM
-    while True:
-        children = _children(me)
-        if not children:
-            return
-        if time.monotonic() > deadline:
-            sig = signal.SIGKILL
-        for pid in children:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        _reap()
-        time.sleep(0.05)
-
-
-def _children(ppid: int) -> list[int]:
-    out = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                stat = f.read().decode(errors="replace")
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == ppid and fields[0] != "Z":
-            out.append(int(entry.name))
-    _reap()
-    return out
-
-
-def _reap() -> None:
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
 
 
 def preflight_ports(config: Config) -> None:

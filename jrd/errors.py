@@ -48,6 +48,12 @@ class SupervisorError(JrdError):
     exit_code = 6
 
 
+class Interrupted(JrdError):
+    """A wait was cut short because jrd was asked to stop (SIGTERM/SIGINT)."""
+
+    exit_code = 0
+
+
 class StartupError(JrdError):
     """A supervised program did not come up."""
 

@@ -27,11 +27,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from jrd import states
 from jrd.fsutil import ensure_dir
 
 log = logging.getLogger("jrd")
 
-PROGRAMS = ("jupyter", "nginx")
+PROGRAMS = states.PROGRAMS
 # supervisord respawns a program by itself from these states: one that died
 # while running (EXITED) or while starting (BACKOFF).  A start from STOPPED
 # or FATAL is someone's request, and that someone counts it.
@@ -59,7 +60,7 @@ def restart_reason(event: dict[str, str]) -> str | None:
         return None
     if event.get("processname") not in PROGRAMS:
         return None
-    return "crash" if event.get("from_state") in CRASH_FROM_STATES else None
+    return states.REASON_CRASH if event.get("from_state") in CRASH_FROM_STATES else None
 
 
 # --- the listener program (runs under supervisord) --------------------------------
@@ -73,8 +74,13 @@ def serve(stdin: BinaryIO, stdout: BinaryIO, forward: Any) -> None:
         line = stdin.readline()
         if not line:
             return
-        headers = parse_tokens(line.decode())
-        payload = stdin.read(int(headers.get("len", "0"))).decode(errors="replace")
+        headers = parse_tokens(line.decode(errors="replace"))
+        try:
+            length = int(headers.get("len", "0"))
+        except ValueError:
+            sys.stderr.write(f"jrd-events: unreadable event header {line!r}; skipped\n")
+            length = 0
+        payload = stdin.read(length).decode(errors="replace")
         first, _, _data = payload.partition("\n")
         event = {"eventname": headers.get("eventname", ""), "serial": headers.get("serial", "")}
         event.update(parse_tokens(first))
@@ -172,7 +178,7 @@ class ProgramEvents:
                         program, event.get("from_state"), daemon.log_tail(program))
         reason = restart_reason(event)
         if reason:
-            daemon._count_restart(program, reason)
+            daemon.count_restart(program, reason)
             log.info("%s restarted by supervisord (%s)", program, reason)
         return reason
 

@@ -29,7 +29,7 @@ from jrd.render import nginx_status_socket
 
 log = logging.getLogger("jrd")
 
-PROGRAMS = ("jupyter", "nginx")
+PROGRAMS = states.PROGRAMS
 # A program that has not answered once since it started gets this long before
 # its failures count: Jupyter takes seconds to answer after supervisord
 # calls it RUNNING, and a slow VM takes longer.

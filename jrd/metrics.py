@@ -38,7 +38,7 @@ from jrd.supervisor import ProcessInfo, Supervisor
 
 log = logging.getLogger("jrd")
 
-PROGRAMS = ("jupyter", "nginx")
+PROGRAMS = states.PROGRAMS
 # Per source; a scrape that meets hung children takes at most a few of these.
 SCRAPE_CALL_TIMEOUT = 2.0
 # Failures that a source may raise and that mean "this source is down".

@@ -4,6 +4,9 @@ Program states are supervisord's own names (supervisor/states.py), so that
 what `jrdctl status` and the metrics show matches supervisord's log.
 """
 
+# The programs jrd supervises.
+PROGRAMS = ("jupyter", "nginx")
+
 STOPPED = "STOPPED"
 STARTING = "STARTING"
 RUNNING = "RUNNING"

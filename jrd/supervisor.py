@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import xmlrpc.client
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from jrd import states
-from jrd.errors import SupervisorError
+from jrd.errors import Interrupted, SupervisorError
 from jrd.unixhttp import UnixHTTPConnection
 
 PR_SET_PDEATHSIG = 1
@@ -157,10 +158,13 @@ class Supervisor:
     def shutdown(self) -> None:
         self._call("shutdown")
 
-    def wait_ready(self, deadline: float, alive: "subprocess.Popen[bytes] | None" = None) -> None:
-        """Wait until supervisord answers RUNNING on its socket."""
+    def wait_ready(self, deadline: float, alive: "subprocess.Popen[bytes] | None" = None,
+                   cancelled: "threading.Event | None" = None) -> None:
+        """Wait until supervisord answers RUNNING on its socket (or `cancelled` is set)."""
         last: Exception | None = None
         while time.monotonic() < deadline:
+            if cancelled is not None and cancelled.is_set():
+                raise Interrupted("stopped while waiting for supervisord to start")
             if alive is not None and alive.poll() is not None:
                 raise SupervisorError(
                     f"supervisord exited with status {alive.returncode} while starting; see its log for why"

@@ -14,7 +14,7 @@ import uuid
 import pytest
 import websocket
 
-from conftest import PASSWORD, Jrd, descendants, kernel_pids, pids_alive, tls_peer_cert, wait_for
+from conftest import JRD, PASSWORD, Jrd, descendants, kernel_pids, pids_alive, tls_peer_cert, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -211,3 +211,55 @@ def test_missing_nginx_binary_gives_a_clear_error(make_jrd) -> None:  # type: ig
     assert res.returncode != 0
     assert "nginx is not installed" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_sigterm_while_starting_stops_at_once(make_jrd) -> None:  # type: ignore[no-untyped-def]
+    j = make_jrd()
+    j.set_password()
+    log = open(j.base / "jrd.out", "w")
+    j.proc = subprocess.Popen([JRD, "run", "--config", str(j.config_path)], stdout=log, stderr=subprocess.STDOUT)
+    sup_conf = j.run_dir / "supervisor" / "supervisord.conf"
+    # Freeze Jupyter before it answers, so that jrd is still waiting for it.
+    pid = wait_for(lambda: sup_conf.exists() and j.supervisor_pid("jupyter"), 60, "Jupyter to be spawned")
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        procs = descendants(j.proc.pid)
+        start = time.monotonic()
+        j.proc.send_signal(signal.SIGTERM)
+        assert j.proc.wait(60) == 0
+        # Without the interruption jrd would wait out its 120 s startup deadline first.
+        assert time.monotonic() - start < 45
+        assert "is serving" not in j.read_output()
+        wait_for(lambda: pids_alive(procs) == [], 30, "everything jrd started to be gone")
+    finally:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+
+
+def zombie_or_live_children(pid: int) -> list[str]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except FileNotFoundError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(f"{entry}:{fields[0]}")
+    return out
+
+
+def test_kernels_orphaned_by_a_jupyter_crash_are_ended_and_reaped(make_jrd) -> None:  # type: ignore[no-untyped-def]
+    j = make_jrd().start()
+    s = j.login()
+    s.post(j.url("/api/kernels"), json={"name": "python3"})
+    kernels = wait_for(lambda: kernel_pids(j.proc.pid), 60, "a kernel process")
+    supervisord = wait_for(lambda: [p for p in zombie_or_live_children(j.proc.pid)], 10, "supervisord")
+    os.kill(j.supervisor_pid("jupyter"), signal.SIGKILL)
+    # The kernel is reparented to jrd (a child subreaper); jrd must end it and reap it.
+    wait_for(lambda: pids_alive(kernels) == [] and len(zombie_or_live_children(j.proc.pid)) == len(supervisord), 40,
+             "the orphaned kernel to be ended and reaped")
+    wait_for(j.serving, 60, "Jupyter to serve again")

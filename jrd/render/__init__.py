@@ -17,8 +17,6 @@ from pathlib import Path
 from jrd.config import Config
 from jrd.layout import Layout
 
-PROGRAMS = ("jupyter", "nginx")
-
 
 @dataclass(frozen=True)
 class Account:
