@@ -32,8 +32,12 @@ test: install
 unit: install
 	$(BIN)/python -m pytest -m "not integration"
 
+# Each benchmark starts its own jrd on loopback ports and prints a table; see docs/benchmarks.md.
 bench: install
-	$(BIN)/python bench/run_all.py
+	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+lint: install
+	$(BIN)/python -m ruff check jrd tests bench
 
 clean:
 	rm -rf $(VENV) .jrd build *.egg-info

@@ -126,12 +126,8 @@ def cmd_ca_export(args: argparse.Namespace) -> int:
     if config.external_tls:
         raise UsageError("this jrd uses an external certificate; there is no local CA to export")
     ca, _, _ = certs.ensure_ca(layout.ca_cert, layout.ca_key, dt.timedelta(days=config.tls.ca_lifetime_days), certs.utcnow())
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    host = (config.tls.names or ("jrd",))[0]
-    (out / "jrd-ca.pem").write_bytes(certs.pem(ca))
-    (out / "jrd-ca.mobileconfig").write_bytes(profiles.mobileconfig(ca, host))
-    print(f"Wrote {out / 'jrd-ca.pem'} and {out / 'jrd-ca.mobileconfig'}")
+    files = profiles.export_ca(ca, config, Path(args.output))
+    print(f"Wrote {files['pem']} and {files['mobileconfig']}")
     print(f"CA SHA-256 fingerprint: {certs.fingerprint(ca)}")
     return 0
 

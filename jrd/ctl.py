@@ -410,12 +410,8 @@ def export_ca(client: Client, out: Path, as_json: bool) -> int:
     try:
         ca = certs.load_cert(path)
     except JrdError as exc:
-        raise JrdError(f"{exc} (reading the CA needs root, or use the copy nginx serves at /jrd-ca.pem)") from None
-    out.mkdir(parents=True, exist_ok=True)
-    host = (config.tls.names or ("jrd",))[0]
-    files = {"pem": out / "jrd-ca.pem", "mobileconfig": out / "jrd-ca.mobileconfig"}
-    files["pem"].write_bytes(certs.pem(ca))
-    files["mobileconfig"].write_bytes(profiles.mobileconfig(ca, host))
+        raise JrdError(f"{exc} (reading the CA needs root, or use the copy nginx serves at https://HOST:PORT/jrd/ca.pem)") from None
+    files = profiles.export_ca(ca, config, out)
     if as_json:
         emit_json({**{k: str(v) for k, v in files.items()}, "sha256": certs.fingerprint(ca)})
     else:

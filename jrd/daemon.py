@@ -170,6 +170,9 @@ class Daemon:
         preflight_ports(cfg)
         password_note = self._ensure_password()
         self.prepare_and_install(cfg)
+        if os.geteuid() != 0 and not cfg.external_tls:
+            log.warning("jrd and Jupyter run as the same account, so notebooks can read the CA key in %s; "
+                        "run jrd as root to keep it apart (see README, Trusting the CA)", layout.tls_dir)
         become_subreaper()
         self.supervisord = launch_supervisord(layout.supervisord_conf)
         self.supervisor.wait_ready(self._clock() + 30, alive=self.supervisord, cancelled=self.stop_requested)

@@ -38,12 +38,17 @@ def test_config(nginx: Path, conf: Path, timeout: float = 30.0) -> None:
     if proc.returncode != 0:
         lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
         reason = "; ".join(l for l in lines if "[emerg]" in l or "[crit]" in l) or "; ".join(lines[-2:])
+        if not reason:
+            reason = f"`{nginx} -t` exited with status {proc.returncode} and said nothing; is [nginx] binary really nginx?"
         raise NginxConfigError(f"nginx rejected the rendered config: {reason}")
 
 
 def version(nginx: Path) -> tuple[int, int, int]:
     """The binary's version, from `nginx -v` ("nginx version: nginx/1.22.1")."""
-    proc = subprocess.run([str(nginx), "-v"], capture_output=True, text=True, timeout=10)
+    try:
+        proc = subprocess.run([str(nginx), "-v"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise PreflightError(f"{nginx} -v did not answer ({exc}); is [nginx] binary really nginx?") from None
     return parse_version(proc.stderr)
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import pwd
-import socket
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -107,7 +106,7 @@ def gather_inputs(config: Config, layout: Layout, tls: TlsFiles, hashed_password
         from cryptography import x509
 
         ca_cert = x509.load_pem_x509_certificate(tls.ca_pem)
-        mobileconfig = profiles.mobileconfig(ca_cert, socket.gethostname())
+        mobileconfig = profiles.mobileconfig(ca_cert, profiles.profile_label(config))
     nginx_exe = nginx.find_nginx(config.nginx.binary)
     return RenderInputs(
         config=config,

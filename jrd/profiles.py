@@ -7,23 +7,35 @@ Settings > General > About > Certificate Trust Settings.
 from __future__ import annotations
 
 import plistlib
+import socket
 import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+
+if TYPE_CHECKING:
+    from jrd.config import Config
+
+
+def profile_label(config: "Config") -> str:
+    """The name a device shows for the profile: the first configured host name, else the machine's."""
+    return (config.tls.names or (socket.gethostname(),))[0]
 
 
 def mobileconfig(ca: x509.Certificate, hostname: str) -> bytes:
     """An unsigned configuration profile with one root-certificate payload.
 
-    The UUIDs derive from the CA's serial, so the same CA always gives the
+    The identifier and UUIDs derive from the CA's serial alone (never from a
+    host name, which the config may change), so the same CA always gives the
     same profile and reinstalling it replaces rather than duplicates it.
     """
     der = ca.public_bytes(serialization.Encoding.DER)
     seed = uuid.UUID(int=ca.serial_number % (1 << 128))
     payload_uuid = str(uuid.uuid5(seed, "payload")).upper()
     profile_uuid = str(uuid.uuid5(seed, "profile")).upper()
-    ident = f"jrd.ca.{hostname}"
+    ident = f"jrd.ca.{seed.hex[:16]}"
     profile = {
         "PayloadType": "Configuration",
         "PayloadVersion": 1,
@@ -45,3 +57,14 @@ def mobileconfig(ca: x509.Certificate, hostname: str) -> bytes:
         ],
     }
     return plistlib.dumps(profile, fmt=plistlib.FMT_XML)
+
+
+def export_ca(ca: x509.Certificate, config: "Config", out: Path) -> dict[str, Path]:
+    """Write the CA as PEM and as a .mobileconfig into `out`; the paths written."""
+    from jrd import certs
+
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"pem": out / "jrd-ca.pem", "mobileconfig": out / "jrd-ca.mobileconfig"}
+    files["pem"].write_bytes(certs.pem(ca))
+    files["mobileconfig"].write_bytes(mobileconfig(ca, profile_label(config)))
+    return files

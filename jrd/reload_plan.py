@@ -64,6 +64,9 @@ def effective_config(old: Config, new: Config) -> tuple[Config, list[str]]:
     if new.metrics != old.metrics:
         keep["metrics"] = old.metrics
         notes.append(f"{where}: [metrics] changed; it takes effect when jrd restarts (`systemctl restart jrd`)")
+    if new.control != old.control:
+        keep["control"] = old.control
+        notes.append(f"{where}: [control] changed; the control socket's group changes when jrd restarts")
     return (dataclasses.replace(new, **keep) if keep else new), notes
 
 

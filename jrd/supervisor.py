@@ -185,5 +185,8 @@ def stop_supervisord(proc: "subprocess.Popen[bytes]", timeout: float) -> int:
     try:
         return proc.wait(timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # it exited just now
         return proc.wait()
