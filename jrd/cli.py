@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from jrd import __version__, certs, passwords, prepare, profiles
+from jrd import __version__, certs, nginx, passwords, prepare, profiles
 from jrd.config import DEFAULT_CONFIG_PATH, Config, dev_defaults, load_config, system_defaults
 from jrd.errors import JrdError, UsageError
 from jrd.layout import Layout
@@ -86,7 +86,7 @@ def check_config(config: Config) -> None:
         files = render_all(inputs)
         prepare.make_dirs(inputs, create_root_dir=False)
         prepare.install(files)
-        prepare.nginx.test_config(inputs.nginx_executable, layout.nginx_conf)
+        nginx.test_config(inputs.nginx_executable, layout.nginx_conf)
 
 
 def cmd_passwd(args: argparse.Namespace) -> int:

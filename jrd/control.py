@@ -45,7 +45,6 @@ log = logging.getLogger("jrd.control")
 MAX_REQUEST_BYTES = 64 * 1024
 READ_TIMEOUT = 10.0
 MAX_CONNECTIONS = 16
-MAX_LOG_BYTES = 1024 * 1024
 PROGRAMS = states.PROGRAMS
 
 # exit codes of jrdctl, documented in the README; LSB where LSB has a meaning
@@ -75,7 +74,8 @@ class ControlPermissionDenied(JrdError):
 # long a connection waits for the main loop to carry the command out.
 
 
-def _program(value: Any, allow_all: bool = True) -> str:
+def check_program(value: Any, allow_all: bool = True) -> str:
+    """`value` if it names a program (or "all"), else a UsageError listing the valid names."""
     valid = PROGRAMS + (("all",) if allow_all else ())
     if value not in valid:
         raise UsageError(f"unknown program {value!r}; valid names are: {', '.join(valid)}")
@@ -102,7 +102,7 @@ def _check_args(command: str, args: dict[str, Any]) -> dict[str, Any]:
         raise UsageError(f"{command} takes no argument {sorted(unknown)[0]!r}")
     out = dict(args)
     if "program" in out:
-        out["program"] = _program(out["program"], allow_all=command != "logs")
+        out["program"] = check_program(out["program"], allow_all=command != "logs")
     for key in ("wait", "force"):
         if key in out and not isinstance(out[key], bool):
             raise UsageError(f"{key} must be true or false")
@@ -126,33 +126,6 @@ def command_timeout(command: str, args: dict[str, Any]) -> float:
 
 
 # --- logs: read by the daemon on the client's behalf --------------------------------
-
-
-def read_log(path: Path, offset: int | None, lines: int) -> dict[str, Any]:
-    """The last `lines` lines of a log, or (with `offset`) what was appended since.
-
-    Returns the text and the offset to ask from next time.  A log that got
-    shorter than `offset` was rotated: read the new one from its start.
-    """
-    try:
-        with open(path, "rb") as f:
-            size = f.seek(0, os.SEEK_END)
-            if offset is None:
-                start = max(0, size - min(MAX_LOG_BYTES, max(4096, lines * 512)))
-                f.seek(start)
-                data = f.read(size - start)
-                text = data.decode(errors="replace")
-                kept = text.splitlines(keepends=True)[-lines:] if lines else []
-                return {"text": "".join(kept), "offset": size, "path": str(path)}
-            if offset > size:
-                offset = 0
-            f.seek(offset)
-            data = f.read(min(MAX_LOG_BYTES, size - offset))
-            return {"text": data.decode(errors="replace"), "offset": offset + len(data), "path": str(path)}
-    except FileNotFoundError:
-        return {"text": "", "offset": 0, "path": str(path)}
-    except OSError as exc:
-        raise JrdError(f"cannot read {path}: {exc.strerror}") from None
 
 
 # --- server --------------------------------------------------------------------------

@@ -212,7 +212,7 @@ def cmd_status(client: Client, args: argparse.Namespace) -> int:
 
 def program_arg(value: str | None, default: str = "all", allow_all: bool = True) -> str:
     try:
-        return control._program(value or default, allow_all=allow_all)
+        return control.check_program(value or default, allow_all=allow_all)
     except UsageError:
         valid = PROGRAM_CHOICES if allow_all else control.PROGRAMS
         raise UsageError(f"unknown program {value!r}; valid names are: {', '.join(valid)}") from None

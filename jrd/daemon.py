@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from jrd import __version__, certs, passwords, prepare, probe, processes, renewal, states
+from jrd import __version__, certs, logs, nginx, passwords, prepare, probe, processes, renewal, states
 from jrd.config import Config, load_config
 from jrd.errors import Interrupted, JrdError, PreflightError, StartupError, SupervisorError
 from jrd.fsutil import atomic_write, ensure_dir
@@ -476,7 +476,7 @@ class Daemon:
 
     def reload_nginx(self) -> None:
         """A graceful reload: new workers take new connections, old ones finish theirs."""
-        prepare.nginx.test_config(self.inputs.nginx_executable, self.layout.nginx_conf)
+        nginx.test_config(self.inputs.nginx_executable, self.layout.nginx_conf)
         self.supervisor.signal("nginx", "HUP")
 
     def _do_restart(self, cmd: Command) -> dict[str, Any]:
@@ -544,12 +544,10 @@ class Daemon:
 
     def _do_logs(self, cmd: Command) -> dict[str, Any]:
         """A program's log: the last `lines` lines, or what was appended after `offset`."""
-        from jrd.control import read_log
-
         names = self._program(cmd)
         if len(names) != 1:
             raise JrdError("logs needs one program: jupyter or nginx")
-        return read_log(self.layout.log_file(names[0]), cmd.args.get("offset"), cmd.args.get("lines", 50))
+        return logs.read_log(self.layout.log_file(names[0]), cmd.args.get("offset"), cmd.args.get("lines", 50))
 
     # --- reload: a transaction -------------------------------------------------
     def _do_reload(self, cmd: Command) -> dict[str, Any]:

@@ -23,10 +23,6 @@ class Layout:
         p = config.paths
         return cls(p.state_dir, p.runtime_dir, p.log_dir)
 
-    def staged(self, runtime_dir: Path) -> "Layout":
-        """The same layout with generated files placed under `runtime_dir` (for checks)."""
-        return Layout(self.state_dir, runtime_dir, self.log_dir)
-
     # state: kept across restarts
     @property
     def tls_dir(self) -> Path:

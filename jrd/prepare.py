@@ -12,7 +12,6 @@ import datetime as dt
 import os
 import pwd
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -175,9 +174,3 @@ def stage(files: dict[str, RenderedFile], nginx_exe: Path, into: Path) -> Path:
     atomic_write(staged, files["nginx.conf"].content, 0o644)
     nginx.test_config(nginx_exe, staged)
     return staged
-
-
-def check_files(files: dict[str, RenderedFile], nginx_exe: Path) -> None:
-    """Test the rendered nginx config in a throwaway directory."""
-    with tempfile.TemporaryDirectory(prefix="jrd-check-") as tmp:
-        stage(files, nginx_exe, Path(tmp))

@@ -17,8 +17,6 @@ FATAL = "FATAL"
 UNKNOWN = "UNKNOWN"
 
 PROGRAM_STATES = (STOPPED, STARTING, RUNNING, BACKOFF, STOPPING, EXITED, FATAL, UNKNOWN)
-# States from which supervisord will not start the program again by itself.
-GIVEN_UP = (FATAL, EXITED, STOPPED)
 
 # Restart reasons: a bounded set, for the metrics label.
 REASON_CRASH = "crash"

@@ -131,10 +131,6 @@ class Supervisor:
     def signal(self, name: str, sig: str) -> None:
         self._call("signalProcess", name, sig)
 
-    def tail(self, name: str, offset: int, length: int) -> tuple[str, int, bool]:
-        text, new_offset, overflow = self._call("tailProcessStdoutLog", name, offset, length)
-        return text, new_offset, overflow
-
     def update(self) -> tuple[list[str], list[str], list[str]]:
         """Apply a changed supervisord.conf as `supervisorctl update` does."""
         added, changed, removed = self._call("reloadConfig")[0]
@@ -154,9 +150,6 @@ class Supervisor:
             self._call("stopProcessGroup", name, True, timeout=self.timeout + 60)
         except SupervisorError:
             pass  # already stopped
-
-    def shutdown(self) -> None:
-        self._call("shutdown")
 
     def wait_ready(self, deadline: float, alive: "subprocess.Popen[bytes] | None" = None,
                    cancelled: "threading.Event | None" = None) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from jrd import control, ctl
+from jrd import control, ctl, logs
 from jrd.errors import JrdError, UsageError
 
 JRDCTL = str(Path(sys.executable).parent / "jrdctl")
@@ -206,17 +206,17 @@ def test_missing_and_stale_socket_say_jrd_is_not_running(tmp_path: Path) -> None
 
 def test_read_log_tail_follow_and_rotation(tmp_path: Path) -> None:
     log = tmp_path / "jupyter.log"
-    assert control.read_log(log, None, 5)["text"] == ""
+    assert logs.read_log(log, None, 5)["text"] == ""
     log.write_text("".join(f"line {i}\n" for i in range(100)))
-    first = control.read_log(log, None, 3)
+    first = logs.read_log(log, None, 3)
     assert first["text"] == "line 97\nline 98\nline 99\n"
     with open(log, "a") as f:
         f.write("line 100\n")
-    nxt = control.read_log(log, first["offset"], 0)
+    nxt = logs.read_log(log, first["offset"], 0)
     assert nxt["text"] == "line 100\n"
-    assert control.read_log(log, nxt["offset"], 0)["text"] == ""
+    assert logs.read_log(log, nxt["offset"], 0)["text"] == ""
     log.write_text("rotated\n")  # shorter than the offset: a new file
-    assert control.read_log(log, nxt["offset"], 0)["text"] == "rotated\n"
+    assert logs.read_log(log, nxt["offset"], 0)["text"] == "rotated\n"
 
 
 # --- formatting and exit codes -------------------------------------------------------------

@@ -1,0 +1,38 @@
+"""Reading a program's log file: the last lines, or what was appended since an offset."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from jrd.errors import JrdError
+
+MAX_LOG_BYTES = 1024 * 1024
+
+
+def read_log(path: Path, offset: int | None, lines: int) -> dict[str, Any]:
+    """The last `lines` lines of a log, or (with `offset`) what was appended since.
+
+    Returns the text and the offset to ask from next time.  A log that got
+    shorter than `offset` was rotated: read the new one from its start.
+    """
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            if offset is None:
+                start = max(0, size - min(MAX_LOG_BYTES, max(4096, lines * 512)))
+                f.seek(start)
+                data = f.read(size - start)
+                text = data.decode(errors="replace")
+                kept = text.splitlines(keepends=True)[-lines:] if lines else []
+                return {"text": "".join(kept), "offset": size, "path": str(path)}
+            if offset > size:
+                offset = 0
+            f.seek(offset)
+            data = f.read(min(MAX_LOG_BYTES, size - offset))
+            return {"text": data.decode(errors="replace"), "offset": offset + len(data), "path": str(path)}
+    except FileNotFoundError:
+        return {"text": "", "offset": 0, "path": str(path)}
+    except OSError as exc:
+        raise JrdError(f"cannot read {path}: {exc.strerror}") from None
