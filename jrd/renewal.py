@@ -88,6 +88,7 @@ class CertManager:
         self.record = RenewalRecord()
         self.next_check_at: float | None = None  # Unix time, for status
         self._issued_serial: int | None = None
+        self._described: dict[Path, tuple[tuple[int, int, int, int], dict[str, Any]]] = {}
         self._logged_error = ""
         self._warned_policy = False
         self._warned_external_day: dt.date | None = None
@@ -244,7 +245,7 @@ class CertManager:
         out: dict[str, Any] = {}
         for role, path in paths.items():
             try:
-                out[role] = certs.describe(certs.load_cert(path), now)
+                out[role] = self._describe(path, now)
             except JrdError as exc:
                 out[role] = {"error": str(exc)}
             out[role]["file"] = str(path)
@@ -255,6 +256,26 @@ class CertManager:
         out["mode"] = "external" if config.external_tls else "own"
         out["next_check"] = self.next_check_at
         return out
+
+
+    def _describe(self, path: Path, now: dt.datetime) -> dict[str, Any]:
+        """certs.describe of the file, parsed again only when the file changed.
+
+        Every scrape and `jrdctl status` asks; a stat (through symlinks, so a
+        certbot flip or an os.replace is a change) is much cheaper than parsing.
+        """
+        try:
+            st = path.stat()
+        except OSError:
+            return certs.describe(certs.load_cert(path), now)  # raises the CertError that says why
+        key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+        cached = self._described.get(path)
+        if cached is None or cached[0] != key:
+            cached = (key, certs.describe(certs.load_cert(path), now))
+            self._described[path] = cached
+        info = dict(cached[1])
+        info["days_left"] = round((float(info["not_after"]) - now.timestamp()) / 86400, 1)
+        return info
 
 
 def external_digest(config: "Config") -> str:

@@ -481,3 +481,27 @@ def test_external_expiry_warning_once_a_day(tmp_path: Path, ca, caplog: pytest.L
     clock.now += DAY
     mgr.check_external(cfg)
     assert sum("expires in" in r.getMessage() for r in caplog.records) == 2
+
+
+def test_status_reparses_a_certificate_only_when_its_file_changes(tmp_path: Path) -> None:
+    from unittest import mock
+
+    from jrd import renewal
+    from jrd.config import parse_config
+    from jrd.layout import Layout
+
+    cfg = parse_config(f'[paths]\nstate_dir = "{tmp_path}/s"\nruntime_dir = "{tmp_path}/r"\nlog_dir = "{tmp_path}/l"\n')
+    layout = Layout.of(cfg)
+    now = certs.utcnow()
+    ca, ca_key, _ = certs.ensure_ca(layout.ca_cert, layout.ca_key, dt.timedelta(days=3650), now)
+    certs.issue_leaf(ca, ca_key, certs.policy_from_config(cfg), layout.leaf_cert, layout.leaf_key, now)
+    manager = renewal.CertManager(wall=lambda: now)
+    with mock.patch.object(certs, "load_cert", wraps=certs.load_cert) as load:
+        first = manager.status(cfg, layout)
+        again = manager.status(cfg, layout)
+        assert load.call_count == 2  # leaf and CA, once each
+        assert first["leaf"] == again["leaf"]
+        new = certs.issue_leaf(ca, ca_key, certs.policy_from_config(cfg), layout.leaf_cert, layout.leaf_key, now)
+        after = manager.status(cfg, layout)
+        assert load.call_count == 3  # only the replaced leaf
+        assert after["leaf"]["serial"] == format(new.serial_number, "x")
