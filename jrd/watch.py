@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from watchdog.events import (
     DirAttribEvent,
+    DirCreatedEvent,
     DirDeletedEvent,
     DirModifiedEvent,
     FileClosedNoWriteEvent,
@@ -207,8 +208,7 @@ class ConfigWatcher(FileSystemEventHandler):
         logging.getLogger("watchdog").setLevel(logging.INFO)
         self._observer = self._observer_factory()
         self._observer.start()
-        with self._lock:
-            self._update_targets()
+        self._update_targets()
         self._thread = threading.Thread(target=self._run, name="jrd-watch", daemon=True)
         self._thread.start()
 
@@ -244,8 +244,9 @@ class ConfigWatcher(FileSystemEventHandler):
             if not relevant(paths, [t.chain for t in self._targets.values()]):
                 return
             # A write not yet closed may be half a file, and a deletion is often the first half
-            # of a delete-and-recreate; a close, a new symlink or a rename is whole at once.
-            settled = not isinstance(event, (FileModifiedEvent, FileDeletedEvent, DirDeletedEvent))
+            # of a delete-and-recreate; so is a directory just made, whose file is written next,
+            # inside a directory not watched yet.  A close, a new symlink or a rename is whole at once.
+            settled = not isinstance(event, (FileModifiedEvent, FileDeletedEvent, DirDeletedEvent, DirCreatedEvent))
             self._debouncer.note(self._clock(), settled)
         log.debug("watch: %s %s", event.event_type, " -> ".join(os.fsdecode(p) for p in paths if p))
         self._wake.set()
@@ -267,18 +268,20 @@ class ConfigWatcher(FileSystemEventHandler):
 
     def _step(self) -> None:
         with self._lock:
-            if self._retarget:
-                self._retarget = False
-                self._update_targets()
-            if not self._debouncer.due(self._clock()):
-                return
+            retarget, self._retarget = self._retarget, False
+            due = self._debouncer.due(self._clock())
+        if retarget or due:
+            # After a burst, links may have moved: follow them before reading.
+            self._update_targets()
+        if not due:
+            return
+        with self._lock:
             changed = self._settle()
         if changed and self._daemon is not None:
             self._daemon.submit("reload", "file:" + ", ".join(str(p) for p in changed))
 
     def _settle(self) -> list[Path]:
-        """After a burst: follow moved links, then say which files now hold new content."""
-        self._update_targets()
+        """After a burst: which files now hold new content (under the lock)."""
         changed = []
         for path, target in self._targets.items():
             digest = fingerprint(path)
@@ -297,24 +300,41 @@ class ConfigWatcher(FileSystemEventHandler):
         A file already watched keeps the digest last acted on, so a change made
         meanwhile is still seen; a newly watched one starts from its content now.
         """
-        assert self._config is not None
-        old = self._targets
-        self._targets = {}
-        for path in watched_files(self._config):
-            digest = old[path].digest if path in old else None
-            self._targets[path] = _Target(path, resolution_chain(path), digest)
-        self._reschedule(watch_dirs(t.chain for t in self._targets.values()))
-        # Digest after watching: any change from here on raises an event.
-        for path, target in self._targets.items():
-            if path not in old:
-                target.digest = fingerprint(path)
+        with self._lock:
+            old = self._targets
+        planned = None
+        # A directory made or removed between planning and the watch taking hold would go
+        # unseen, so plan again after watching until the plan holds still.
+        for _ in range(10):
+            with self._lock:
+                assert self._config is not None
+                self._targets = {}
+                for path in watched_files(self._config):
+                    digest = old[path].digest if path in old else None
+                    self._targets[path] = _Target(path, resolution_chain(path), digest)
+                dirs = watch_dirs(t.chain for t in self._targets.values())
+            plan = {d: _inode(d) for d in dirs}
+            if plan == planned:
+                break
+            planned = plan
+            # Never call the observer while holding our lock: its dispatch thread holds
+            # the observer's lock while it calls on_any_event, which takes ours.
+            self._reschedule(dirs)
+        with self._lock:
+            # Digest after watching: any change from here on raises an event.
+            for path, target in self._targets.items():
+                if path not in old:
+                    target.digest = fingerprint(path)
 
     def _reschedule(self, dirs: set[Path]) -> None:
         """Watch exactly `dirs`; a directory that was replaced (a new inode) gets a new watch."""
         wanted = {d: _inode(d) for d in dirs}
-        for path, (watch, inode) in list(self._watches.items()):
+        with self._lock:
+            current = dict(self._watches)
+        for path, (watch, inode) in current.items():
             if wanted.get(path) != inode:
-                del self._watches[path]
+                with self._lock:
+                    del self._watches[path]
                 try:
                     self._observer.unschedule(watch)
                 except (KeyError, OSError):
@@ -323,7 +343,9 @@ class ConfigWatcher(FileSystemEventHandler):
             if path in self._watches or inode is None:
                 continue
             try:
-                self._watches[path] = (self._observer.schedule(self, str(path), recursive=False), inode)
+                watch = self._observer.schedule(self, str(path), recursive=False)
+                with self._lock:
+                    self._watches[path] = (watch, inode)
             except OSError as exc:
                 log.error("cannot watch %s (%s); changes there need `jrdctl reload`", path, exc.strerror or exc)
 
