@@ -15,11 +15,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from jrd import __version__, certs, nginx, passwords, prepare, profiles
+from jrd import __version__, certs, passwords, prepare, profiles
 from jrd.config import DEFAULT_CONFIG_PATH, Config, dev_defaults, load_config, system_defaults
 from jrd.errors import JrdError, UsageError
 from jrd.layout import Layout
-from jrd.render import render_all
 
 log = logging.getLogger("jrd")
 
@@ -83,10 +82,7 @@ def check_config(config: Config) -> None:
             tls, _ = prepare.ensure_own_tls(config, layout, certs.utcnow())
         hashed = passwords.read_password_hash(real.password_file) if real.password_file.exists() else None
         inputs = prepare.gather_inputs(config, layout, tls, hashed or "argon2:placeholder", "0" * 64)
-        files = render_all(inputs)
-        prepare.make_dirs(inputs, create_root_dir=False)
-        prepare.install(files)
-        nginx.test_config(inputs.nginx_executable, layout.nginx_conf)
+        prepare.render_checked(inputs, Path(tmp), create_root_dir=False)
 
 
 def cmd_passwd(args: argparse.Namespace) -> int:

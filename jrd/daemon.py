@@ -28,7 +28,7 @@ from jrd.config import Config, load_config
 from jrd.errors import Interrupted, JrdError, PreflightError, StartupError, SupervisorError
 from jrd.fsutil import atomic_write, ensure_dir
 from jrd.layout import Layout
-from jrd.render import RenderedFile, RenderInputs, render_all
+from jrd.render import RenderedFile, RenderInputs
 from jrd.reload_plan import ReloadApplyError, ReloadPlan, effective_config, jupyter_baseline, plan_reload
 from jrd.sdnotify import notify, watchdog_interval
 from jrd.supervisor import Supervisor, become_subreaper, launch_supervisord, stop_supervisord
@@ -244,10 +244,7 @@ class Daemon:
         token = passwords.ensure_internal_token(layout.internal_token_file)
         inputs = prepare.gather_inputs(cfg, layout, tls, hashed, token)
         inputs = self._with_extensions(inputs)
-        files = render_all(inputs)
-        staging = ensure_dir(layout.runtime_dir / "staging", 0o700)
-        prepare.make_dirs(inputs)
-        prepare.stage(files, inputs.nginx_executable, staging)
+        files = prepare.render_checked(inputs, ensure_dir(layout.runtime_dir / "staging", 0o700))
         return inputs, files, issued
 
     def _own_tls(self, cfg: Config, layout: Layout) -> tuple[prepare.TlsFiles, str | None]:
@@ -530,16 +527,11 @@ class Daemon:
         """
         if not self.inputs:
             return {"running": 0, "busy": 0}
-        cfg = self.config
-        result = probe.get("127.0.0.1", cfg.jupyter.port, cfg.jupyter.base_url + "api/kernels?no_track_activity=1",
-                           tls=False, timeout=5, token=self.inputs.internal_token)
-        if not result.ok:
-            log.debug("could not list kernels (%s)", result.error or f"HTTP {result.status}")
-            return None
         try:
-            kernels = result.json()
-            return {"running": len(kernels), "busy": sum(1 for k in kernels if k.get("execution_state") == "busy")}
-        except (ValueError, AttributeError, TypeError):
+            kernels = probe.jupyter_api(self.config, self.inputs.internal_token, "api/kernels?no_track_activity=1", 5)
+            return {"running": len(kernels), "busy": probe.busy(kernels)}
+        except (JrdError, AttributeError, TypeError) as exc:
+            log.debug("could not list kernels (%s)", exc)
             return None
 
     def _do_logs(self, cmd: Command) -> dict[str, Any]:

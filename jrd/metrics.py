@@ -129,19 +129,11 @@ def jupyter_activity(daemon: Any, timeout: float) -> JupyterActivity:
     if daemon.inputs is None:
         raise JrdError("the daemon has not rendered its config yet")
     cfg, token = daemon.config, daemon.inputs.internal_token
-    base = cfg.jupyter.base_url
-
-    def get(path: str) -> Any:
-        result = probe.get("127.0.0.1", cfg.jupyter.port, base + path, tls=False, timeout=timeout, token=token)
-        if not result.ok:
-            raise JrdError(f"Jupyter {path}: {result.error or f'HTTP {result.status}'}")
-        return result.json()
-
-    status = get("api/status")  # marked _track_activity = False by Jupyter itself
-    kernels = get("api/kernels?no_track_activity=1")
+    status = probe.jupyter_api(cfg, token, "api/status", timeout)  # marked _track_activity = False by Jupyter itself
+    kernels = probe.jupyter_api(cfg, token, "api/kernels?no_track_activity=1", timeout)
     return JupyterActivity(
         kernels=int(status["kernels"]),
-        busy_kernels=sum(1 for k in kernels if k.get("execution_state") == "busy"),
+        busy_kernels=probe.busy(kernels),
         connections=int(status["connections"]),
         last_activity=_iso_to_unix(status["last_activity"]),
         started=_iso_to_unix(status["started"]),

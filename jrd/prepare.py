@@ -20,7 +20,7 @@ from jrd.config import Config
 from jrd.errors import ConfigError, PreflightError
 from jrd.fsutil import atomic_write, ensure_dir
 from jrd.layout import Layout
-from jrd.render import Account, RenderedFile, RenderInputs, nginx_public_dir, nginx_temp_dir
+from jrd.render import Account, RenderedFile, RenderInputs, nginx_public_dir, nginx_temp_dir, render_all
 
 
 def venv_bin() -> Path:
@@ -166,6 +166,14 @@ def install(files: dict[str, RenderedFile]) -> list[str]:
         if atomic_write(f.path, f.content, f.mode, f.owner):
             changed.append(name)
     return changed
+
+
+def render_checked(inputs: RenderInputs, staging: Path, create_root_dir: bool = True) -> dict[str, RenderedFile]:
+    """Every derived file for `inputs`, its directories made, its nginx.conf accepted by `nginx -t` in `staging`."""
+    files = render_all(inputs)
+    make_dirs(inputs, create_root_dir)
+    stage(files, inputs.nginx_executable, staging)
+    return files
 
 
 def stage(files: dict[str, RenderedFile], nginx_exe: Path, into: Path) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import shutil
@@ -13,11 +14,13 @@ import sys
 import tempfile
 import textwrap
 import time
+import uuid
 from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
 import requests
+import websocket
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -305,3 +308,49 @@ def tls_peer_der(host: str, port: int, server_name: str = "localhost") -> bytes:
     with socket.create_connection((host, port), timeout=10) as raw:
         with ctx.wrap_socket(raw, server_hostname=server_name) as tls:
             return tls.getpeercert(binary_form=True)
+
+
+# --- kernels over websockets through nginx -------------------------------------------------
+
+
+def execute(ws: websocket.WebSocket, code: str, timeout: float = 60) -> str:
+    """Run `code` in the kernel behind `ws`; its execute_result as text."""
+    msg_id = uuid.uuid4().hex
+    ws.send(json.dumps({
+        "header": {"msg_id": msg_id, "username": "test", "session": uuid.uuid4().hex, "msg_type": "execute_request",
+                   "version": "5.3"},
+        "parent_header": {}, "metadata": {}, "channel": "shell",
+        "content": {"code": code, "silent": False, "store_history": False, "user_expressions": {},
+                    "allow_stdin": False, "stop_on_error": True},
+    }))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ws.settimeout(max(0.1, deadline - time.monotonic()))
+        msg = json.loads(ws.recv())
+        if msg.get("parent_header", {}).get("msg_id") != msg_id:
+            continue
+        if msg["msg_type"] == "execute_result":
+            return msg["content"]["data"]["text/plain"]
+        if msg["msg_type"] == "error":
+            raise AssertionError(f"kernel error: {msg['content']['ename']}")
+    raise AssertionError("no execute_result before the deadline")
+
+
+def open_kernel_ws(j: "Jrd", s: requests.Session, kernel_id: str) -> websocket.WebSocket:
+    """A kernel's websocket through nginx, authenticated by the login session's cookies."""
+    cookie = "; ".join(f"{c.name}={c.value}" for c in s.cookies)
+    return websocket.create_connection(
+        f"wss://127.0.0.1:{j.port}/api/kernels/{kernel_id}/channels",
+        sslopt={"ca_certs": str(j.ca)}, cookie=cookie, host=f"localhost:{j.port}",
+        origin=f"https://localhost:{j.port}", header=[f"X-XSRFToken: {s.cookies.get('_xsrf')}"], timeout=60,
+    )
+
+
+def parse_exposition(text: str) -> dict[str, float]:
+    """Prometheus text exposition as {'name{labels}': value}."""
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            out[key] = float(value)
+    return out

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
 import ssl
 import subprocess
 import time
-import uuid
 
 import pytest
-import websocket
 
-from conftest import JRD, PASSWORD, Jrd, descendants, kernel_pids, pids_alive, tls_peer_cert, wait_for
+from conftest import JRD, PASSWORD, Jrd, descendants, execute, kernel_pids, open_kernel_ws, pids_alive, tls_peer_cert, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -64,37 +61,6 @@ def test_cross_origin_api_request_is_blocked(running_jrd: Jrd) -> None:
     assert ok.status_code == 201
     bad = s.post(running_jrd.url("/api/contents"), json={"type": "notebook"}, headers={"Origin": "https://evil.example"})
     assert bad.status_code in (403, 404)
-
-
-def execute(ws: websocket.WebSocket, code: str, timeout: float = 60) -> str:
-    msg_id = uuid.uuid4().hex
-    ws.send(json.dumps({
-        "header": {"msg_id": msg_id, "username": "test", "session": uuid.uuid4().hex, "msg_type": "execute_request",
-                   "version": "5.3"},
-        "parent_header": {}, "metadata": {}, "channel": "shell",
-        "content": {"code": code, "silent": False, "store_history": False, "user_expressions": {},
-                    "allow_stdin": False, "stop_on_error": True},
-    }))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ws.settimeout(max(0.1, deadline - time.monotonic()))
-        msg = json.loads(ws.recv())
-        if msg.get("parent_header", {}).get("msg_id") != msg_id:
-            continue
-        if msg["msg_type"] == "execute_result":
-            return msg["content"]["data"]["text/plain"]
-        if msg["msg_type"] == "error":
-            raise AssertionError(f"kernel error: {msg['content']['ename']}")
-    raise AssertionError("no execute_result before the deadline")
-
-
-def open_kernel_ws(j: Jrd, s, kernel_id: str) -> websocket.WebSocket:  # type: ignore[no-untyped-def]
-    cookie = "; ".join(f"{c.name}={c.value}" for c in s.cookies)
-    return websocket.create_connection(
-        f"wss://127.0.0.1:{j.port}/api/kernels/{kernel_id}/channels",
-        sslopt={"ca_certs": str(j.ca)}, cookie=cookie, host=f"localhost:{j.port}",
-        origin=f"https://localhost:{j.port}", header=[f"X-XSRFToken: {s.cookies.get('_xsrf')}"], timeout=60,
-    )
 
 
 def test_kernel_runs_code_over_websocket_through_nginx(running_jrd: Jrd) -> None:

@@ -27,6 +27,8 @@ from jrd.daemon import Daemon
 from jrd.errors import JrdError
 from jrd.supervisor import Supervisor
 
+from conftest import parse_exposition
+
 NOW = 1_800_000_000.0
 
 
@@ -83,13 +85,7 @@ def daemon(tmp_path: Path) -> Daemon:
 def scrape(collector: metrics.JrdCollector) -> dict[str, float]:
     registry = CollectorRegistry()
     registry.register(collector)
-    text = generate_latest(registry).decode()
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            key, _, value = line.rpartition(" ")
-            out[key] = float(value)
-    return out
+    return parse_exposition(generate_latest(registry).decode())
 
 
 def make(daemon: Daemon, rpc: FakeRpc, **kw: Any) -> metrics.JrdCollector:

@@ -20,7 +20,7 @@ from typing import Any, Iterator
 import pytest
 import requests
 
-from conftest import REPO, Jrd, free_port, short_tmp, wait_for
+from conftest import REPO, Jrd, free_port, parse_exposition, short_tmp, wait_for
 from jrd import certs
 from jrd.metrics import SCRAPE_CALL_TIMEOUT
 
@@ -38,13 +38,7 @@ def scrape(j: Jrd, timeout: float = 15) -> str:
     return r.text
 
 
-def samples(text: str) -> dict[str, float]:
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            key, _, value = line.rpartition(" ")
-            out[key] = float(value)
-    return out
+samples = parse_exposition
 
 
 class Prometheus:

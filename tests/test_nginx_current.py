@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 
 from jrd.nginx import version
-from conftest import REPO, Jrd, wait_for
-from test_core_integration import execute, open_kernel_ws
+from conftest import REPO, Jrd, execute, open_kernel_ws, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -25,8 +25,7 @@ from typing import Callable, Iterator
 import pytest
 import requests
 
-from conftest import PASSWORD, Jrd, kernel_pids, short_tmp, wait_for
-from test_core_integration import execute, open_kernel_ws
+from conftest import PASSWORD, Jrd, execute, kernel_pids, open_kernel_ws, short_tmp, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -25,16 +25,14 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
 if __name__ != "__main__":
     import pytest
-    import websocket
     from cryptography import x509
 
-    from conftest import Jrd, short_tmp, wait_for
+    from conftest import Jrd, execute, open_kernel_ws, short_tmp, wait_for
 
     pytestmark = pytest.mark.integration
 
@@ -221,28 +219,6 @@ class Load:
                 conn.close()
 
 
-def execute(ws: "websocket.WebSocket", code: str, timeout: float = 60) -> str:
-    msg_id = uuid.uuid4().hex
-    ws.send(json.dumps({
-        "header": {"msg_id": msg_id, "username": "test", "session": uuid.uuid4().hex,
-                   "msg_type": "execute_request", "version": "5.3"},
-        "parent_header": {}, "metadata": {}, "channel": "shell",
-        "content": {"code": code, "silent": False, "store_history": False, "user_expressions": {},
-                    "allow_stdin": False, "stop_on_error": True},
-    }))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ws.settimeout(max(0.1, deadline - time.monotonic()))
-        msg = json.loads(ws.recv())
-        if msg.get("parent_header", {}).get("msg_id") != msg_id:
-            continue
-        if msg["msg_type"] == "execute_result":
-            return msg["content"]["data"]["text/plain"]
-        if msg["msg_type"] == "error":
-            raise AssertionError(f"kernel error: {msg['content']['ename']}")
-    raise AssertionError("no execute_result before the deadline")
-
-
 if __name__ != "__main__":
 
     @pytest.fixture(scope="module")
@@ -298,12 +274,7 @@ def test_continuous_fresh_connections_see_no_failure_during_renewals(jrd: Harnes
 def test_open_kernel_websocket_survives_renewal_and_still_runs_code(jrd: HarnessJrd) -> None:
     s = jrd.login()
     kernel = s.post(jrd.url("/api/kernels"), json={"name": "python3"}).json()
-    cookie = "; ".join(f"{c.name}={c.value}" for c in s.cookies)
-    ws = websocket.create_connection(
-        f"wss://127.0.0.1:{jrd.port}/api/kernels/{kernel['id']}/channels",
-        sslopt={"ca_certs": str(jrd.ca), "server_hostname": "localhost"}, cookie=cookie, host=f"localhost:{jrd.port}",
-        origin=f"https://localhost:{jrd.port}", header=[f"X-XSRFToken: {s.cookies.get('_xsrf')}"], timeout=60,
-    )
+    ws = open_kernel_ws(jrd, s, kernel["id"])
     try:
         assert execute(ws, "x = 41; x") == "41"
         for _ in range(2):
