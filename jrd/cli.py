@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import getpass
 import logging
 import os
 import sys
@@ -16,7 +15,8 @@ import tempfile
 from pathlib import Path
 
 from jrd import __version__, certs, passwords, prepare, profiles
-from jrd.config import DEFAULT_CONFIG_PATH, Config, dev_defaults, load_config, system_defaults
+from jrd import config as config_module
+from jrd.config import DEFAULT_CONFIG_PATH, Config
 from jrd.errors import JrdError, UsageError
 from jrd.layout import Layout
 
@@ -29,10 +29,7 @@ def project_dir() -> Path:
 
 
 def resolve_config(args: argparse.Namespace) -> Config:
-    if getattr(args, "dev", False):
-        base = dev_defaults(project_dir())
-        return load_config(args.config, base=base) if args.config else base
-    return load_config(args.config or DEFAULT_CONFIG_PATH, base=system_defaults())
+    return config_module.resolve_config(args.config, getattr(args, "dev", False), project_dir())
 
 
 def config_loader(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -88,14 +85,7 @@ def check_config(config: Config) -> None:
 def cmd_passwd(args: argparse.Namespace) -> int:
     config = resolve_config(args)
     layout = Layout.of(config)
-    if args.stdin:
-        password = sys.stdin.readline().rstrip("\n")
-    else:
-        if not sys.stdin.isatty():
-            raise UsageError("no terminal to ask for the password on; pipe it in with `jrd passwd --stdin`")
-        password = getpass.getpass("New Jupyter password: ")
-        if getpass.getpass("Again: ") != password:
-            raise UsageError("the two passwords differ; nothing was changed")
+    password = passwords.read_new_password(args.stdin, "jrd passwd")
     passwords.write_password_hash(layout.password_file, passwords.hash_password(password))
     layout.initial_password_file.unlink(missing_ok=True)
     print(f"Password hash saved in {layout.password_file}; a running jrd applies it by itself.")

@@ -447,5 +447,13 @@ def system_defaults(hostname: str | None = None) -> Config:
     return Config(tls=TlsConfig(names=names))
 
 
+def resolve_config(path: Path | None, dev: bool, cwd: Path | None = None) -> Config:
+    """The config `jrd` and `jrdctl` use: `--dev` defaults (under `cwd`), else the system ones, plus the file."""
+    if dev:
+        base = dev_defaults(cwd or Path.cwd())
+        return load_config(path, base=base) if path else base
+    return load_config(path or DEFAULT_CONFIG_PATH, base=system_defaults())
+
+
 def running_as_root() -> bool:
     return os.geteuid() == 0

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import getpass
 import json
 import re
 import sys
@@ -25,7 +24,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from jrd import __version__, control
-from jrd.config import DEFAULT_CONFIG_PATH, Config, ConfigError, dev_defaults, load_config, system_defaults
+from jrd import config as config_module
+from jrd.config import DEFAULT_CONFIG_PATH, Config, ConfigError, dev_defaults, system_defaults
 from jrd.errors import JrdError, UsageError
 from jrd.layout import Layout
 
@@ -43,13 +43,11 @@ def resolve_config(args: argparse.Namespace) -> Config:
     system defaults: a member of the control group may not read the file.
     """
     config_path = getattr(args, "config", None)
-    if getattr(args, "dev", False):
-        base = dev_defaults(Path.cwd())
-        return load_config(config_path, base=base) if config_path else base
-    if config_path:
-        return load_config(config_path, base=system_defaults())
+    dev = getattr(args, "dev", False)
+    if dev or config_path:
+        return config_module.resolve_config(config_path, dev)
     try:
-        return load_config(DEFAULT_CONFIG_PATH, base=system_defaults())
+        return config_module.resolve_config(None, False)
     except ConfigError:
         if DEFAULT_CONFIG_PATH.is_file() and _readable(DEFAULT_CONFIG_PATH):
             raise
@@ -423,22 +421,11 @@ def export_ca(client: Client, out: Path, as_json: bool) -> int:
 # --- passwd, version, completion ---------------------------------------------------------------------
 
 
-def read_new_password(from_stdin: bool) -> str:
-    if from_stdin:
-        return sys.stdin.readline().rstrip("\n")
-    if not sys.stdin.isatty():
-        raise UsageError("no terminal to ask for the password on; pipe it in with `jrdctl passwd --stdin`")
-    password = getpass.getpass("New Jupyter password: ")
-    if getpass.getpass("Again: ") != password:
-        raise UsageError("the two passwords differ; nothing was changed")
-    return password
-
-
 def cmd_passwd(client: Client, args: argparse.Namespace) -> int:
     from jrd import passwords
 
     # Hash here, so that the password itself never crosses the socket.
-    hashed = passwords.hash_password(read_new_password(args.stdin))
+    hashed = passwords.hash_password(passwords.read_new_password(args.stdin, "jrdctl passwd"))
     result = client.call("passwd", hashed=hashed)
     if args.json:
         emit_json(result)

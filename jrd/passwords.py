@@ -6,13 +6,27 @@ kernels and activity; it is never logged or shown.
 
 from __future__ import annotations
 
+import getpass
 import secrets
+import sys
 from pathlib import Path
 
-from jrd.errors import JrdError
+from jrd.errors import JrdError, UsageError
 from jrd.fsutil import atomic_write, ensure_dir
 
 MIN_LENGTH = 8
+
+
+def read_new_password(from_stdin: bool, command: str) -> str:
+    """A new password from standard input, or asked twice on the terminal."""
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    if not sys.stdin.isatty():
+        raise UsageError(f"no terminal to ask for the password on; pipe it in with `{command} --stdin`")
+    password = getpass.getpass("New Jupyter password: ")
+    if getpass.getpass("Again: ") != password:
+        raise UsageError("the two passwords differ; nothing was changed")
+    return password
 
 
 def hash_password(password: str) -> str:
