@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from jrd import states
-from jrd.errors import JrdError, UsageError
+from jrd.errors import ControlError, ControlPermissionDenied, DaemonNotRunning, JrdError, UsageError
 
 if TYPE_CHECKING:
     from jrd.daemon import Daemon
@@ -54,18 +54,6 @@ EXIT_USAGE = 2
 EXIT_NOT_ALL_RUNNING = 3  # LSB status: "program is not running"
 EXIT_NO_PERMISSION = 4  # LSB: "user had insufficient privilege"
 EXIT_DAEMON_DOWN = 7  # LSB: "program is not running" for actions other than status
-
-
-class ControlError(JrdError):
-    """The daemon answered a request with an error."""
-
-
-class DaemonNotRunning(JrdError):
-    exit_code = EXIT_DAEMON_DOWN
-
-
-class ControlPermissionDenied(JrdError):
-    exit_code = EXIT_NO_PERMISSION
 
 
 # --- what the socket accepts -------------------------------------------------------

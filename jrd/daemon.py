@@ -25,11 +25,11 @@ from typing import Any, Callable
 
 from jrd import __version__, certs, logs, nginx, passwords, prepare, probe, processes, renewal, states
 from jrd.config import Config, load_config
-from jrd.errors import Interrupted, JrdError, PreflightError, StartupError, SupervisorError
+from jrd.errors import Interrupted, JrdError, PreflightError, ReloadApplyError, StartupError, SupervisorError
 from jrd.fsutil import atomic_write, ensure_dir
 from jrd.layout import Layout
 from jrd.render import RenderedFile, RenderInputs
-from jrd.reload_plan import ReloadApplyError, ReloadPlan, effective_config, jupyter_baseline, plan_reload
+from jrd.reload_plan import ReloadPlan, effective_config, jupyter_baseline, plan_reload
 from jrd.sdnotify import notify, watchdog_interval
 from jrd.supervisor import Supervisor, become_subreaper, launch_supervisord, stop_supervisord
 

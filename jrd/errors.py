@@ -58,3 +58,23 @@ class StartupError(JrdError):
     """A supervised program did not come up."""
 
     exit_code = 7
+
+
+class ReloadApplyError(JrdError):
+    """A reload installed its new files, but an action that applies them failed."""
+
+
+class ControlError(JrdError):
+    """The daemon answered a control request with an error."""
+
+
+class DaemonNotRunning(JrdError):
+    """Nothing answers on the control socket."""
+
+    exit_code = 7  # LSB: "program is not running"
+
+
+class ControlPermissionDenied(JrdError):
+    """The control socket is not open to this account."""
+
+    exit_code = 4  # LSB: "user had insufficient privilege"

@@ -41,11 +41,6 @@ MAX_DATAGRAM = 4096
 _STOP = b"stop"
 
 
-def socket_path(layout: Any) -> Path:
-    """In supervisord's own directory (mode 0700): only its account can send."""
-    return layout.supervisor_dir / "events.sock"
-
-
 # --- the pure part ----------------------------------------------------------------
 
 
@@ -132,7 +127,7 @@ class ProgramEvents:
     def adjust_inputs(self, daemon: Any, inputs: Any) -> Any:
         # Bind before supervisord starts, so that an early crash is not lost:
         # the kernel queues datagrams until the receiver thread reads them.
-        self._bind(socket_path(inputs.layout))
+        self._bind(inputs.layout.events_socket)
         command = shlex.join([str(self._python), "-m", "jrd.events", str(self._path)])
         # supervisord expands %(name)s in commands: a literal % is written %%.
         return replace(inputs, event_listener_command=command.replace("%", "%%"))
@@ -149,7 +144,7 @@ class ProgramEvents:
     def start(self, daemon: Any) -> None:
         daemon.add_handler("program_event", lambda cmd: self.on_event(daemon, cmd.args))
         if self._sock is None:
-            self._bind(socket_path(daemon.layout))
+            self._bind(daemon.layout.events_socket)
         self._thread = threading.Thread(target=self._receive, args=(daemon,), name="jrd-events", daemon=True)
         self._thread.start()
 

@@ -25,7 +25,6 @@ from typing import Any, Callable
 
 from jrd import nginx, probe, states
 from jrd.errors import SupervisorError
-from jrd.render import nginx_status_socket
 
 log = logging.getLogger("jrd")
 
@@ -101,7 +100,7 @@ def probe_nginx(daemon: Any, timeout: float) -> ProbeOutcome:
     at = time.time()
     start = time.monotonic()
     try:
-        nginx.read_stub_status(nginx_status_socket(daemon.layout), timeout=timeout)
+        nginx.read_stub_status(daemon.layout.nginx_status_socket, timeout=timeout)
     except (OSError, ValueError, IndexError) as exc:
         return ProbeOutcome("nginx", False, time.monotonic() - start, f"{exc.__class__.__name__}: {exc}", at)
     return ProbeOutcome("nginx", True, time.monotonic() - start, "", at)

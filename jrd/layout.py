@@ -87,6 +87,34 @@ class Layout:
         return self.nginx_dir / "nginx.conf"
 
     @property
+    def nginx_temp_dir(self) -> Path:
+        return self.nginx_dir / "temp"
+
+    @property
+    def nginx_public_dir(self) -> Path:
+        """Files nginx serves itself (the public CA certificate and profile)."""
+        return self.nginx_dir / "public"
+
+    @property
+    def nginx_status_socket(self) -> Path:
+        """nginx's stub_status, for jrd's probes and metrics."""
+        return self.nginx_dir / "status.sock"
+
+    @property
+    def nginx_pid_file(self) -> Path:
+        return self.nginx_dir / "nginx.pid"
+
+    @property
+    def events_socket(self) -> Path:
+        """Where the event listener forwards supervisord's events; in supervisord's 0700 dir."""
+        return self.supervisor_dir / "events.sock"
+
+    @property
+    def staging_dir(self) -> Path:
+        """Where a reload renders and tests files before installing them."""
+        return self.runtime_dir / "staging"
+
+    @property
     def jupyter_dir(self) -> Path:
         return self.runtime_dir / "jupyter"
 

@@ -33,7 +33,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from jrd import __version__, nginx, probe, states
 from jrd.errors import JrdError
-from jrd.render import nginx_status_socket
 from jrd.supervisor import ProcessInfo, Supervisor
 
 log = logging.getLogger("jrd")
@@ -224,7 +223,7 @@ class JrdCollector:
             "supervisord": self.supervisor.processes,
             "certificates": self.daemon.certificate_status,
             "jupyter": lambda: self._jupyter(self.daemon, self.timeout),
-            "nginx": lambda: self._stub_status(nginx_status_socket(self.daemon.layout), self.timeout),
+            "nginx": lambda: self._stub_status(self.daemon.layout.nginx_status_socket, self.timeout),
         })
         procs = got["supervisord"][0]
         if procs is not None:

@@ -20,7 +20,7 @@ from jrd.config import Config
 from jrd.errors import ConfigError, PreflightError
 from jrd.fsutil import atomic_write, ensure_dir
 from jrd.layout import Layout
-from jrd.render import Account, RenderedFile, RenderInputs, nginx_public_dir, nginx_temp_dir, render_all
+from jrd.render import Account, RenderedFile, RenderInputs, render_all
 
 
 def venv_bin() -> Path:
@@ -139,9 +139,9 @@ def make_dirs(inp: RenderInputs, create_root_dir: bool = True) -> None:
     ensure_dir(layout.log_dir, 0o750, force=False)
     ensure_dir(layout.supervisor_dir, 0o700)
     ensure_dir(layout.nginx_dir, 0o755)
-    ensure_dir(nginx_public_dir(inp.layout), 0o755)
+    ensure_dir(layout.nginx_public_dir, 0o755)
     worker = pwd.getpwnam(inp.nginx_worker_user) if root else None
-    ensure_dir(nginx_temp_dir(inp.layout), 0o700, (worker.pw_uid, worker.pw_gid) if worker else None)
+    ensure_dir(layout.nginx_temp_dir, 0o700, (worker.pw_uid, worker.pw_gid) if worker else None)
     owner = (acct.uid, acct.gid) if root else None
     # Jupyter makes its runtime dir inside this one itself, as its own account.
     ensure_dir(layout.jupyter_dir, 0o700, owner)

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from jrd.config import Config
-from jrd.errors import JrdError
 from jrd.render import RenderedFile
 
 # Files whose change nginx picks up on a graceful reload (HUP).
@@ -132,7 +131,3 @@ def plan_reload(
         plan.jupyter_needs_update = True
     plan.restart_jupyter = wanted.conf != running.conf or plan.jupyter_needs_update
     return plan
-
-
-class ReloadApplyError(JrdError):
-    """The new files were installed but an action to apply them failed."""

@@ -17,6 +17,10 @@ FATAL = "FATAL"
 UNKNOWN = "UNKNOWN"
 
 PROGRAM_STATES = (STOPPED, STARTING, RUNNING, BACKOFF, STOPPING, EXITED, FATAL, UNKNOWN)
+# States in which supervisord has a process, or is trying to have one: a stop acts on them.
+STOPPABLE_STATES = (RUNNING, STARTING, BACKOFF)
+# States in which supervisord will not start the program again by itself.
+STOPPED_STATES = (STOPPED, EXITED, FATAL)
 
 # Restart reasons: a bounded set, for the metrics label.
 REASON_CRASH = "crash"

@@ -78,22 +78,6 @@ def _template(name: str) -> str:
     return resources.files("jrd.render").joinpath("templates", name).read_text(encoding="utf-8")
 
 
-def nginx_temp_dir(layout: Layout) -> Path:
-    return layout.nginx_dir / "temp"
-
-
-def nginx_public_dir(layout: Layout) -> Path:
-    return layout.nginx_dir / "public"
-
-
-def nginx_status_socket(layout: Layout) -> Path:
-    return layout.nginx_dir / "status.sock"
-
-
-def nginx_pid_file(layout: Layout) -> Path:
-    return layout.nginx_dir / "nginx.pid"
-
-
 def render_nginx_conf(inp: RenderInputs) -> str:
     cfg, layout = inp.config, inp.layout
     ng = cfg.nginx
@@ -105,7 +89,7 @@ def render_nginx_conf(inp: RenderInputs) -> str:
         f"        listen {addr}:{ng.port} ssl{http2} default_server;" for addr in ng.listen
     ) + http2_on
     names = " ".join(_nginx_host(h) for h in cfg.accepted_hosts)
-    public = nginx_public_dir(layout)
+    public = layout.nginx_public_dir
     ca_locations = ""
     if inp.ca_pem is not None:
         ca_locations = (
@@ -125,11 +109,11 @@ def render_nginx_conf(inp: RenderInputs) -> str:
     return fill(
         _template("nginx.conf.tmpl"),
         source=cfg.source or "built-in defaults",
-        pid_file=nginx_pid_file(layout),
+        pid_file=layout.nginx_pid_file,
         error_log_level="info" if cfg.log.level == "debug" else "notice",
         user_line=f"user {inp.nginx_worker_user};" if inp.running_as_root else "",
         worker_shutdown_timeout=ng.worker_shutdown_timeout_seconds,
-        temp_dir=nginx_temp_dir(layout),
+        temp_dir=layout.nginx_temp_dir,
         cert_file=inp.cert_file,
         key_file=inp.key_file,
         gzip="on" if ng.gzip else "off",
@@ -140,7 +124,7 @@ def render_nginx_conf(inp: RenderInputs) -> str:
         client_max_body_size=ng.client_max_body_size,
         ca_locations=ca_locations,
         proxy_timeout=ng.proxy_timeout_seconds,
-        status_socket=nginx_status_socket(layout),
+        status_socket=layout.nginx_status_socket,
     )
 
 
@@ -268,9 +252,9 @@ def render_all(inp: RenderInputs) -> dict[str, RenderedFile]:
         ),
     }
     if inp.ca_pem is not None:
-        files["ca.pem"] = RenderedFile(nginx_public_dir(layout) / "ca.pem", inp.ca_pem, 0o644)
+        files["ca.pem"] = RenderedFile(layout.nginx_public_dir / "ca.pem", inp.ca_pem, 0o644)
     if inp.ca_mobileconfig is not None:
         files["ca.mobileconfig"] = RenderedFile(
-            nginx_public_dir(layout) / "ca.mobileconfig", inp.ca_mobileconfig, 0o644
+            layout.nginx_public_dir / "ca.mobileconfig", inp.ca_mobileconfig, 0o644
         )
     return files
