@@ -11,10 +11,9 @@ import datetime as dt
 import logging
 import os
 import sys
-import tempfile
 from pathlib import Path
 
-from jrd import __version__, certs, passwords, prepare, profiles
+from jrd import __version__, build, certs, passwords, prepare, profiles
 from jrd import config as config_module
 from jrd.config import DEFAULT_CONFIG_PATH, Config
 from jrd.errors import JrdError, UsageError
@@ -60,26 +59,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     config = resolve_config(args)
-    check_config(config)
+    build.check(config)
     print(f"{config.source or 'the built-in defaults'}: OK (config valid, nginx accepts the rendered config)")
     return 0
-
-
-def check_config(config: Config) -> None:
-    """Render every derived file into a temporary directory and `nginx -t` it; change nothing real."""
-    real = Layout.of(config)
-    with tempfile.TemporaryDirectory(prefix="jrd-check-") as tmp:
-        layout = Layout(Path(tmp) / "state", Path(tmp) / "run", Path(tmp) / "log")
-        if config.external_tls:
-            tls = prepare.external_tls(config)
-        elif certs.current_leaf(real.leaf_cert, real.leaf_key) is not None:
-            tls = prepare.TlsFiles(real.leaf_cert, real.leaf_key, real.ca_cert.read_bytes())
-        else:
-            # No certificate yet: test with a throwaway one, leave the state dir alone.
-            tls, _ = prepare.ensure_own_tls(config, layout, certs.utcnow())
-        hashed = passwords.read_password_hash(real.password_file) if real.password_file.exists() else None
-        inputs = prepare.gather_inputs(config, layout, tls, hashed or "argon2:placeholder", "0" * 64)
-        prepare.render_checked(inputs, Path(tmp), create_root_dir=False)
 
 
 def cmd_passwd(args: argparse.Namespace) -> int:

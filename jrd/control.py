@@ -32,13 +32,12 @@ import threading
 import time
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from jrd import states
 from jrd.errors import ControlError, ControlPermissionDenied, DaemonNotRunning, JrdError, UsageError
 
-if TYPE_CHECKING:
-    from jrd.daemon import Daemon
+from jrd.extension import Context, Extension
 
 log = logging.getLogger("jrd.control")
 
@@ -119,7 +118,7 @@ def command_timeout(command: str, args: dict[str, Any]) -> float:
 # --- server --------------------------------------------------------------------------
 
 
-class ControlServer:
+class ControlServer(Extension):
     """A daemon extension: serve the control socket from a thread per connection."""
 
     def __init__(self, path: Path, group: str = "", *, read_timeout: float = READ_TIMEOUT,
@@ -131,17 +130,17 @@ class ControlServer:
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
-        self.daemon: Daemon | None = None
+        self.ctx: Context | None = None
 
     # --- extension interface
-    def start(self, daemon: "Daemon") -> None:
-        self.daemon = daemon
+    def start(self, ctx: Context) -> None:
+        self.ctx = ctx
         self._sock = bind_private_socket(self.path, self.group)
         self._thread = threading.Thread(target=self._accept_loop, name="jrd-control", daemon=True)
         self._thread.start()
         log.info("control socket at %s", self.path)
 
-    def stop(self, daemon: "Daemon") -> None:
+    def stop(self) -> None:
         self._stopping.set()
         if self._sock is not None:
             try:
@@ -217,33 +216,22 @@ class ControlServer:
 
     def carry_out(self, command: str, args: dict[str, Any]) -> Any:
         """Submit the command to the main loop, wait for it, then wait for serving if asked."""
-        daemon = self.daemon
-        assert daemon is not None
+        ctx = self.ctx
+        assert ctx is not None
         wait = args.pop("wait", False)
         wait_timeout = float(args.pop("timeout", None) or 120.0)
         limit = command_timeout(command, {"timeout": wait_timeout})
         started = time.monotonic()
-        future = daemon.submit(command, "control", **args)
+        future = ctx.submit(command, "control", **args)
         try:
             result = future.result(timeout=limit)
         except FutureTimeout:
             raise JrdError(f"jrd did not finish {command} within {limit:.0f} s; it may still be in progress "
                            "(see `jrdctl status`)") from None
         if wait and command in ("restart", "start"):
-            result = dict(result, **self.wait_serving(started + wait_timeout))
+            result = dict(result, **ctx.wait_serving(started + wait_timeout))
             result["seconds"] = round(time.monotonic() - started, 3)
         return result
-
-    def wait_serving(self, deadline: float) -> dict[str, Any]:
-        """Wait in this connection's thread until Jupyter answers through nginx again."""
-        daemon = self.daemon
-        assert daemon is not None
-        procs = daemon.supervisor.processes()
-        down = [n for n in PROGRAMS if n in procs and procs[n].state in (states.STOPPED, states.EXITED, states.FATAL)]
-        if down:
-            return {"serving": False, "note": f"not waiting for Jupyter through nginx: {', '.join(down)} is stopped"}
-        daemon.wait_serving(deadline)
-        return {"serving": True}
 
 
 def bind_private_socket(path: Path, group: str = "") -> socket.socket:

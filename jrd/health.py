@@ -20,15 +20,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Callable
 
 from jrd import nginx, probe, states
+from jrd.config import Config
 from jrd.errors import SupervisorError
+from jrd.extension import Context, Extension
+from jrd.layout import Layout
 
 log = logging.getLogger("jrd")
 
-PROGRAMS = states.PROGRAMS
 # A program that has not answered once since it started gets this long before
 # its failures count: Jupyter takes seconds to answer after supervisord
 # calls it RUNNING, and a slow VM takes longer.
@@ -88,91 +90,95 @@ def judge(prev: Tracker, *, state: str, start: float, uptime: float, ok: bool, t
 # --- the probes (I/O) -------------------------------------------------------------
 
 
-def probe_jupyter(daemon: Any, timeout: float) -> ProbeOutcome:
-    cfg = daemon.config
+def probe_jupyter(config: Config, layout: Layout, timeout: float) -> ProbeOutcome:
     at = time.time()
-    result = probe.get("127.0.0.1", cfg.jupyter.port, cfg.jupyter.base_url + "api", tls=False, timeout=timeout)
+    cfg = config.jupyter
+    result = probe.get("127.0.0.1", cfg.port, cfg.base_url + "api", tls=False, timeout=timeout)
     error = "" if result.ok else (result.error or f"HTTP {result.status}")
     return ProbeOutcome("jupyter", result.ok, result.latency, error, at)
 
 
-def probe_nginx(daemon: Any, timeout: float) -> ProbeOutcome:
+def probe_nginx(config: Config, layout: Layout, timeout: float) -> ProbeOutcome:
     at = time.time()
     start = time.monotonic()
     try:
-        nginx.read_stub_status(daemon.layout.nginx_status_socket, timeout=timeout)
+        nginx.read_stub_status(layout.nginx_status_socket, timeout=timeout)
     except (OSError, ValueError, IndexError) as exc:
         return ProbeOutcome("nginx", False, time.monotonic() - start, f"{exc.__class__.__name__}: {exc}", at)
     return ProbeOutcome("nginx", True, time.monotonic() - start, "", at)
 
 
-PROBES: dict[str, Callable[[Any, float], ProbeOutcome]] = {"jupyter": probe_jupyter, "nginx": probe_nginx}
+Probe = Callable[[Config, Layout, float], ProbeOutcome]
+PROBES: dict[str, Probe] = {"jupyter": probe_jupyter, "nginx": probe_nginx}
 
 
-# --- the daemon extension -----------------------------------------------------------
+# --- the extension -------------------------------------------------------------------
 
 
-@dataclass
-class HealthMonitor:
-    """Daemon extension: probe on a timer, judge on the main loop, restart through `submit`.
+class HealthMonitor(Extension):
+    """Probe on a timer, judge on the main loop, restart through the command path.
 
     Probes run in short-lived threads so that a hung program delays no
     command; their outcomes come back to the main loop as `health_result`
-    commands.  `last` holds the latest outcome per program for the metrics.
+    commands, and the latest one per program goes to the ledger for the metrics.
     """
 
-    probes: dict[str, Callable[[Any, float], ProbeOutcome]] = field(default_factory=lambda: dict(PROBES))
-    clock: Callable[[], float] = time.monotonic
-    last: dict[str, ProbeOutcome] = field(default_factory=dict)
-    trackers: dict[str, Tracker] = field(default_factory=dict)
-    _in_flight: set[str] = field(default_factory=set)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    def __init__(self, probes: dict[str, Probe] | None = None):
+        self.probes = dict(PROBES if probes is None else probes)
+        self.trackers: dict[str, Tracker] = {}  # main loop only
+        self._in_flight: set[str] = set()
+        self._lock = threading.Lock()
+        self._ctx: Context | None = None
 
-    def start(self, daemon: Any) -> None:
-        daemon.add_handler("health_result", lambda cmd: self.on_result(daemon, cmd.args["outcome"]))
-        daemon.timers[TIMER] = self.clock() + daemon.config.health.interval_seconds
+    def start(self, ctx: Context) -> None:
+        self._ctx = ctx
+        ctx.add_handler("health_result", lambda cmd: self.on_result(cmd.args["outcome"]))
+        ctx.schedule(TIMER, ctx.config.health.interval_seconds, self.on_timer)
 
-    def stop(self, daemon: Any) -> None:
-        daemon.timers.pop(TIMER, None)
+    def stop(self) -> None:
+        if self._ctx is not None:
+            self._ctx.cancel(TIMER)
 
-    def on_timer(self, daemon: Any, name: str) -> bool:
-        if name != TIMER:
-            return False
-        health = daemon.config.health
+    def on_timer(self) -> None:
+        ctx = self._ctx
+        assert ctx is not None
+        config = ctx.config
         for program, run in self.probes.items():
             with self._lock:
                 if program in self._in_flight:
                     continue  # the last probe is still waiting on its timeout
                 self._in_flight.add(program)
-            threading.Thread(target=self._probe, args=(daemon, program, run, health.timeout_seconds),
-                             name=f"jrd-probe-{program}", daemon=True).start()
-        daemon.timers[TIMER] = self.clock() + health.interval_seconds
-        return True
+            threading.Thread(target=self._probe, args=(ctx, config, program, run), name=f"jrd-probe-{program}",
+                             daemon=True).start()
+        ctx.schedule(TIMER, config.health.interval_seconds, self.on_timer)
 
-    def _probe(self, daemon: Any, program: str, run: Callable[[Any, float], ProbeOutcome], timeout: float) -> None:
+    def _probe(self, ctx: Context, config: Config, program: str, run: Probe) -> None:
         try:
-            outcome = run(daemon, timeout)
+            outcome = run(config, ctx.layout, config.health.timeout_seconds)
         except Exception as exc:  # a bug in a probe must not kill probing
             log.exception("probing %s failed unexpectedly", program)
             outcome = ProbeOutcome(program, False, 0.0, f"internal error: {exc}", time.time())
         finally:
             with self._lock:
                 self._in_flight.discard(program)
-        daemon.submit("health_result", "health", outcome=outcome)
+        ctx.submit("health_result", "health", outcome=outcome)
 
-    def on_result(self, daemon: Any, outcome: ProbeOutcome) -> bool:
+    def on_result(self, outcome: ProbeOutcome) -> bool:
         """On the main loop: judge one outcome; ask for a restart if the program is unhealthy."""
-        self.last[outcome.program] = outcome
+        ctx = self._ctx
+        assert ctx is not None
         try:
-            info = daemon.supervisor.process(outcome.program)
+            info = ctx.supervisor.process(outcome.program)
         except SupervisorError as exc:
             log.warning("health: %s", exc)
+            ctx.ledger.record_probe(outcome, self.failures(outcome.program))
             return False
         prev = self.trackers.get(outcome.program, Tracker())
-        threshold = daemon.config.health.failure_threshold
+        threshold = ctx.config.health.failure_threshold
         verdict = judge(prev, state=info.state, start=info.start, uptime=info.uptime, ok=outcome.ok,
                         threshold=threshold, probed_at=outcome.at)
         self.trackers[outcome.program] = verdict.tracker
+        ctx.ledger.record_probe(outcome, verdict.tracker.failures)
         if not outcome.ok and verdict.tracker.failures:
             log.warning("health: %s failed its probe (%d of %d in a row): %s", outcome.program,
                         verdict.tracker.failures, threshold, outcome.error)
@@ -184,10 +190,10 @@ class HealthMonitor:
             # A stopped (SIGSTOP) process cannot act on SIGTERM; continue it so
             # that it shuts down gracefully, kernels included, instead of
             # being killed after stopwaitsecs.
-            daemon.supervisor.signal(outcome.program, "CONT")
+            ctx.supervisor.signal(outcome.program, "CONT")
         except SupervisorError:
             pass
-        done = daemon.submit("restart", "health", program=outcome.program, reason=states.REASON_UNHEALTHY)
+        done = ctx.submit("restart", "health", program=outcome.program, reason=states.REASON_UNHEALTHY)
         done.add_done_callback(lambda f: f.exception() and log.error(
             "health: restarting %s as unhealthy failed: %s", outcome.program, f.exception()))
         return True

@@ -1,4 +1,4 @@
-"""Reading a program's log file: the last lines, or what was appended since an offset."""
+"""Reading a program's log file: the last lines, what was appended since an offset, or a one-line tail."""
 
 from __future__ import annotations
 
@@ -36,3 +36,13 @@ def read_log(path: Path, offset: int | None, lines: int) -> dict[str, Any]:
         return {"text": "", "offset": 0, "path": str(path)}
     except OSError as exc:
         raise JrdError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def tail(path: Path, lines: int = 3) -> str:
+    """The last few lines of a log on one line, for an error message, and where the whole log is."""
+    try:
+        text = read_log(path, None, lines)["text"]
+    except JrdError:
+        text = ""
+    joined = " | ".join(line.strip() for line in text.splitlines()) or "no output"
+    return f"{joined} (full log: {path})"

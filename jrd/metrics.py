@@ -24,20 +24,22 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from jrd import __version__, nginx, probe, states
+from jrd import __version__, nginx, states
+from jrd.config import split_host_port
 from jrd.errors import JrdError
+from jrd.extension import Context, Extension
+from jrd.jupyter import JupyterActivity
+from jrd.ledger import Snapshot
 from jrd.supervisor import ProcessInfo, Supervisor
 
 log = logging.getLogger("jrd")
 
-PROGRAMS = states.PROGRAMS
 # Per source; a scrape that meets hung children takes at most a few of these.
 SCRAPE_CALL_TIMEOUT = 2.0
 # Failures that a source may raise and that mean "this source is down".
@@ -107,38 +109,6 @@ class ProcReader:
         return TreeUsage(count, rss, ticks / self.ticks)
 
 
-# --- Jupyter's API ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class JupyterActivity:
-    kernels: int
-    busy_kernels: int
-    connections: int
-    last_activity: float  # Unix time
-    started: float  # Unix time
-
-
-def _iso_to_unix(text: str) -> float:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-
-
-def jupyter_activity(daemon: Any, timeout: float) -> JupyterActivity:
-    """Ask Jupyter with the internal token; neither request counts as user activity."""
-    if daemon.inputs is None:
-        raise JrdError("the daemon has not rendered its config yet")
-    cfg, token = daemon.config, daemon.inputs.internal_token
-    status = probe.jupyter_api(cfg, token, "api/status", timeout)  # marked _track_activity = False by Jupyter itself
-    kernels = probe.jupyter_api(cfg, token, "api/kernels?no_track_activity=1", timeout)
-    return JupyterActivity(
-        kernels=int(status["kernels"]),
-        busy_kernels=probe.busy(kernels),
-        connections=int(status["connections"]),
-        last_activity=_iso_to_unix(status["last_activity"]),
-        started=_iso_to_unix(status["started"]),
-    )
-
-
 # --- the collector ----------------------------------------------------------------------------
 
 
@@ -155,22 +125,20 @@ class JrdCollector:
 
     def __init__(
         self,
-        daemon: Any,
-        health: Any = None,
+        ctx: Context,
         *,
         supervisor: Supervisor | None = None,
         procs: ProcReader | None = None,
-        jupyter: Callable[[Any, float], JupyterActivity] = jupyter_activity,
+        jupyter: Callable[[float], JupyterActivity] | None = None,
         stub_status: Callable[[Path, float], dict[str, int]] = nginx.read_stub_status,
         timeout: float = SCRAPE_CALL_TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
     ):
-        self.daemon = daemon
-        self.health = health
+        self.ctx = ctx
         # Its own client with a short timeout: a scrape must not wait as long as a command may.
-        self.supervisor = supervisor or Supervisor(daemon.layout.supervisor_socket, timeout=timeout)
+        self.supervisor = supervisor or Supervisor(ctx.layout.supervisor_socket, timeout=timeout)
         self.procs = procs or ProcReader()
-        self._jupyter = jupyter
+        self._jupyter = jupyter or ctx.jupyter.activity
         self._stub_status = stub_status
         self.timeout = timeout
         self._clock = clock
@@ -221,23 +189,24 @@ class JrdCollector:
     def collect(self) -> Iterator[Metric]:
         got = self._gather({
             "supervisord": self.supervisor.processes,
-            "certificates": self.daemon.certificate_status,
-            "jupyter": lambda: self._jupyter(self.daemon, self.timeout),
-            "nginx": lambda: self._stub_status(self.daemon.layout.nginx_status_socket, self.timeout),
+            "certificates": self.ctx.certificate_status,
+            "jupyter": lambda: self._jupyter(self.timeout),
+            "nginx": lambda: self._stub_status(self.ctx.layout.nginx_status_socket, self.timeout),
         })
+        ledger = self.ctx.ledger.snapshot()
         procs = got["supervisord"][0]
         if procs is not None:
             # After supervisord, which names the PIDs; /proc does not hang.
             got["proc"] = self._read("proc", lambda: {n: self.procs.usage(i.pid) for n, i in procs.items()
-                                                      if n in PROGRAMS and i.pid})
+                                                      if n in states.PROGRAMS and i.pid})
         yield from self._programs(procs)
-        yield from self._restarts()
+        yield from self._restarts(ledger)
         yield from self._trees((got["proc"][0] if "proc" in got else None) or {})
         yield from self._certificates(got["certificates"][0] or {})
-        yield from self._reloads()
+        yield from self._reloads(ledger)
         yield from self._jupyter_metrics(got["jupyter"][0])
         yield from self._nginx(got["nginx"][0])
-        yield from self._probes()
+        yield from self._probes(ledger)
         info = _gauge("jrd_build_info", "jrd's version; always 1.", ["version"])
         info.add_metric([__version__], 1)
         yield info
@@ -262,7 +231,7 @@ class JrdCollector:
                        ["program", "state"])
         started = _gauge("jrd_program_start_timestamp_seconds", "When the running program started, as a Unix time.",
                          ["program"])
-        for name in PROGRAMS:
+        for name in states.PROGRAMS:
             info = procs.get(name) if procs is not None else None
             current = info.state if info is not None else states.UNKNOWN
             up.add_metric([name], 1 if current == states.RUNNING else 0)
@@ -274,11 +243,11 @@ class JrdCollector:
         yield state
         yield started
 
-    def _restarts(self) -> Iterator[Metric]:
-        restarts = dict(self.daemon.restarts)  # a copy: the main loop writes it
+    def _restarts(self, ledger: Snapshot) -> Iterator[Metric]:
+        restarts = ledger.restarts
         m = _counter("jrd_program_restarts", "Restarts of a program, by why (counted from supervisord's events).",
                      ["program", "reason"])
-        for name in PROGRAMS:
+        for name in states.PROGRAMS:
             for reason in states.RESTART_REASONS:
                 m.add_metric([name, reason], restarts.get((name, reason), 0))
         yield m
@@ -320,8 +289,8 @@ class JrdCollector:
             g.add_metric([], last)
             yield g
 
-    def _reloads(self) -> Iterator[Metric]:
-        rec = self.daemon.reloads
+    def _reloads(self, ledger: Snapshot) -> Iterator[Metric]:
+        rec = ledger.reloads
         m = _counter("jrd_config_reloads", "Config reloads since jrd started, by result.", ["result"])
         m.add_metric([states.RESULT_SUCCESS], rec.successes)
         m.add_metric([states.RESULT_FAILURE], rec.failures)
@@ -331,7 +300,7 @@ class JrdCollector:
         yield ok
         at = _gauge("jrd_config_last_reload_success_timestamp_seconds",
                     "When the config was last loaded successfully (at start or by a reload), as a Unix time.")
-        at.add_metric([], rec.last_success_at or self.daemon.started_at)
+        at.add_metric([], rec.last_success_at or ledger.started_at)
         yield at
 
     # --- Jupyter and nginx -----------------------------------------------------------
@@ -372,21 +341,21 @@ class JrdCollector:
             c.add_metric([], stub[key])
             yield c
 
-    def _probes(self) -> Iterator[Metric]:
-        last = dict(self.health.last) if self.health is not None else {}
+    def _probes(self, ledger: Snapshot) -> Iterator[Metric]:
+        last = ledger.probes
         ok = _gauge("jrd_probe_success", "Whether jrd's last health probe of the program succeeded.", ["program"])
         took = _gauge("jrd_probe_duration_seconds", "How long jrd's last health probe of the program took.", ["program"])
         at = _gauge("jrd_probe_timestamp_seconds", "When jrd last probed the program, as a Unix time.", ["program"])
         failures = _gauge("jrd_probe_consecutive_failures",
                           "Failed health probes in a row that count towards an unhealthy restart.", ["program"])
-        for name in PROGRAMS:
+        for name in states.PROGRAMS:
             outcome = last.get(name)
             if outcome is None:
                 continue
             ok.add_metric([name], 1 if outcome.ok else 0)
             took.add_metric([name], outcome.latency)
             at.add_metric([name], outcome.at)
-            failures.add_metric([name], self.health.failures(name))
+            failures.add_metric([name], ledger.probe_failures.get(name, 0))
         yield ok
         yield took
         yield at
@@ -403,38 +372,30 @@ def build_registry(collector: JrdCollector) -> CollectorRegistry:
     return registry
 
 
-def split_listen(listen: str) -> tuple[str, int]:
-    """'127.0.0.1:9839' or '[::1]:9839' -> (host, port)."""
-    host, _, port = listen.rpartition(":")
-    host = {"*": "0.0.0.0"}.get(host, host).strip("[]")
-    return host, int(port)
+class MetricsServer(Extension):
+    """Serve /metrics on [metrics] listen (nothing if it is empty), from a private registry."""
 
-
-class MetricsServer:
-    """Daemon extension: serve /metrics on [metrics] listen (nothing if it is empty)."""
-
-    def __init__(self, health: Any = None):
-        self.health = health
+    def __init__(self) -> None:
         self.registry: CollectorRegistry | None = None
         self.collector: JrdCollector | None = None
         self._server: Any = None
         self._thread: Any = None
         self.address: tuple[str, int] | None = None
 
-    def start(self, daemon: Any) -> None:
+    def start(self, ctx: Context) -> None:
         from prometheus_client import start_http_server
 
-        listen = daemon.config.metrics.listen
+        listen = ctx.config.metrics.listen
         if not listen:
             return
-        self.collector = JrdCollector(daemon, self.health)
+        self.collector = JrdCollector(ctx)
         self.registry = build_registry(self.collector)
-        host, port = split_listen(listen)
-        self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
+        host, port = split_host_port(listen)
+        self._server, self._thread = start_http_server(port, addr={"*": "0.0.0.0"}.get(host, host), registry=self.registry)
         self.address = (host, self._server.server_port)
         log.info("serving Prometheus metrics at http://%s/metrics", listen)
 
-    def stop(self, daemon: Any) -> None:
+    def stop(self) -> None:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()

@@ -1,4 +1,4 @@
-"""HTTP probes of Jupyter, direct or through nginx, with hard timeouts."""
+"""One HTTP GET with a hard timeout: jrd's probes of Jupyter, direct or through nginx."""
 
 from __future__ import annotations
 
@@ -7,10 +7,7 @@ import json
 import ssl
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from jrd.config import Config
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -56,26 +53,3 @@ def get(host: str, port: int, path: str, *, tls: bool, timeout: float, host_head
     finally:
         conn.close()
     return ProbeResult(200 <= status < 300, status, time.monotonic() - start, body)
-
-
-def jupyter_api(config: "Config", token: str, path: str, timeout: float) -> Any:
-    """GET Jupyter's API `path` directly on loopback with jrd's internal token; the parsed JSON.
-
-    Raises JrdError with the reason if Jupyter does not answer with JSON.
-    Callers add `no_track_activity=1` where Jupyter would count the request as use.
-    """
-    from jrd.errors import JrdError
-
-    cfg = config.jupyter
-    result = get("127.0.0.1", cfg.port, cfg.base_url + path, tls=False, timeout=timeout, token=token)
-    if not result.ok:
-        raise JrdError(f"Jupyter {path}: {result.error or f'HTTP {result.status}'}")
-    try:
-        return result.json()
-    except ValueError:
-        raise JrdError(f"Jupyter {path}: not JSON") from None
-
-
-def busy(kernels: list[dict[str, Any]]) -> int:
-    """How many of Jupyter's kernels are executing."""
-    return sum(1 for k in kernels if k.get("execution_state") == "busy")

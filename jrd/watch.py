@@ -21,7 +21,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from watchdog.events import (
     DirAttribEvent,
@@ -38,10 +38,9 @@ from watchdog.events import (
 from watchdog.observers import Observer
 
 from jrd.config import Config
+from jrd.extension import Context, Extension
 from jrd.layout import Layout
 
-if TYPE_CHECKING:
-    from jrd.daemon import Daemon
 
 log = logging.getLogger("jrd")
 
@@ -152,7 +151,7 @@ def relevant(event_paths: Iterable[str], chains: Iterable[list[Path]]) -> bool:
     return False
 
 
-def fingerprint(path: Path) -> str | None:
+def content_digest(path: Path) -> str | None:
     """A digest of the file's content (through its symlinks), or None if it cannot be read."""
     try:
         return hashlib.sha256(path.read_bytes()).hexdigest()
@@ -180,8 +179,8 @@ class _Target:
 
 
 # --- the watcher ---------------------------------------------------------------------
-class ConfigWatcher(FileSystemEventHandler):
-    """A daemon extension: watches `watched_files` and submits `reload` when one changed."""
+class ConfigWatcher(FileSystemEventHandler, Extension):
+    """Watches `watched_files` and submits `reload` when one changed."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic, debouncer: Debouncer | None = None,
                  observer_factory: Callable[[], Any] = Observer):
@@ -197,12 +196,12 @@ class ConfigWatcher(FileSystemEventHandler):
         self._retarget = False
         self._observer: Any = None
         self._thread: threading.Thread | None = None
-        self._daemon: Daemon | None = None
+        self._submit: Callable[..., Any] | None = None
 
-    # extension protocol
-    def start(self, daemon: "Daemon") -> None:
-        self._daemon = daemon
-        self._config = daemon.config
+    # extension hooks
+    def start(self, ctx: Context) -> None:
+        self._submit = ctx.submit
+        self._config = ctx.config
         # watchdog logs every inotify event at debug level; with jrd at debug and its
         # output in a watched directory, that would feed on itself.
         logging.getLogger("watchdog").setLevel(logging.INFO)
@@ -212,7 +211,7 @@ class ConfigWatcher(FileSystemEventHandler):
         self._thread = threading.Thread(target=self._run, name="jrd-watch", daemon=True)
         self._thread.start()
 
-    def stop(self, daemon: "Daemon") -> None:
+    def stop(self) -> None:
         self._stopping.set()
         self._wake.set()
         if self._thread is not None:
@@ -221,7 +220,7 @@ class ConfigWatcher(FileSystemEventHandler):
             self._observer.stop()
             self._observer.join(5)
 
-    def config_changed(self, daemon: "Daemon", old: Config, new: Config) -> None:
+    def config_changed(self, old: Config, new: Config) -> None:
         """Called by the daemon after a reload applied: the set of watched files may differ now."""
         with self._lock:
             self._config = new
@@ -277,14 +276,14 @@ class ConfigWatcher(FileSystemEventHandler):
             return
         with self._lock:
             changed = self._settle()
-        if changed and self._daemon is not None:
-            self._daemon.submit("reload", "file:" + ", ".join(str(p) for p in changed))
+        if changed and self._submit is not None:
+            self._submit("reload", "file:" + ", ".join(str(p) for p in changed))
 
     def _settle(self) -> list[Path]:
         """After a burst: which files now hold new content (under the lock)."""
         changed = []
         for path, target in self._targets.items():
-            digest = fingerprint(path)
+            digest = content_digest(path)
             if digest == target.digest:
                 continue
             target.digest = digest
@@ -324,7 +323,7 @@ class ConfigWatcher(FileSystemEventHandler):
             # Digest after watching: any change from here on raises an event.
             for path, target in self._targets.items():
                 if path not in old:
-                    target.digest = fingerprint(path)
+                    target.digest = content_digest(path)
 
     def _reschedule(self, dirs: set[Path]) -> None:
         """Watch exactly `dirs`; a directory that was replaced (a new inode) gets a new watch."""

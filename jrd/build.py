@@ -1,0 +1,160 @@
+"""Turn a config into files: gather the facts, render, make the directories, test, install.
+
+`build` is the one path from a config to tested files, shared by the
+daemon's start, every reload, and `jrd check`: it gathers the facts that
+rendering needs (`gather_inputs`), lets extensions add theirs, renders
+(`jrd.render.render_all`, pure), makes the runtime directories and runs
+`nginx -t` on a staged copy.  Nothing is installed until `install`.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from jrd import certs, nginx, passwords, prepare, preflight, profiles
+from jrd.config import Config
+from jrd.errors import ConfigError, JrdError
+from jrd.fsutil import atomic_write, ensure_dir
+from jrd.layout import Layout
+from jrd.render import RenderedFile, RenderInputs, render_all
+
+Contribute = Callable[[RenderInputs], RenderInputs]
+
+
+@dataclass(frozen=True)
+class Build:
+    """A config rendered and tested, not yet installed."""
+
+    inputs: RenderInputs
+    files: dict[str, RenderedFile]
+    # Why a new leaf certificate was issued for it, or None.
+    issued: str | None = None
+
+
+def gather_inputs(config: Config, layout: Layout, tls: prepare.TlsFiles, hashed_password: str,
+                  token: str) -> RenderInputs:
+    ca_cert = None
+    mobileconfig = None
+    if tls.ca_pem is not None and config.tls.serve_ca:
+        from cryptography import x509
+
+        ca_cert = x509.load_pem_x509_certificate(tls.ca_pem)
+        mobileconfig = profiles.mobileconfig(ca_cert, profiles.profile_label(config))
+    nginx_exe = nginx.find_nginx(config.nginx.binary)
+    return RenderInputs(
+        config=config,
+        layout=layout,
+        jupyter_executable=preflight.find_jupyter(),
+        nginx_executable=nginx_exe,
+        nginx_version=nginx.version(nginx_exe),
+        python_executable=Path(sys.executable),
+        jupyter_account=preflight.jupyter_account(config),
+        hashed_password=hashed_password,
+        internal_token=token,
+        cert_file=tls.cert,
+        key_file=tls.key,
+        running_as_root=os.geteuid() == 0,
+        nginx_worker_user=preflight.nginx_worker_user(),
+        ca_pem=tls.ca_pem if config.tls.serve_ca else None,
+        ca_mobileconfig=mobileconfig,
+        event_listener_command=None,
+    )
+
+
+def build(config: Config, layout: Layout, tls: prepare.TlsFiles, hashed_password: str, token: str, *,
+          contribute: Contribute | None = None, staging: Path | None = None,
+          create_root_dir: bool = True) -> Build:
+    """Render every derived file for `config`, make its directories, and `nginx -t` a staged copy."""
+    inputs = gather_inputs(config, layout, tls, hashed_password, token)
+    if contribute is not None:
+        inputs = contribute(inputs)
+    files = render_all(inputs)
+    make_dirs(inputs, create_root_dir)
+    stage(files, inputs.nginx_executable, staging or ensure_dir(layout.staging_dir, 0o700))
+    return Build(inputs, files)
+
+
+def build_to_run(config: Config, layout: Layout, now: object, contribute: Contribute | None = None) -> Build:
+    """The build a running jrd installs: its certificate issued if due, its password and token from the state dir."""
+    if config.external_tls:
+        tls, issued = prepare.external_tls(config), None
+    else:
+        tls, issued = prepare.ensure_own_tls(config, layout, now)  # type: ignore[arg-type]
+    hashed = passwords.read_password_hash(layout.password_file)
+    if hashed is None:
+        raise JrdError(f"no login password is set ({layout.password_file} is missing); set one with `jrd passwd`")
+    token = passwords.ensure_internal_token(layout.internal_token_file)
+    done = build(config, layout, tls, hashed, token, contribute=contribute)
+    return Build(done.inputs, done.files, issued)
+
+
+def check(config: Config) -> None:
+    """What `jrd check` does: the whole build in a temporary directory; nothing real changes."""
+    real = Layout.of(config)
+    with tempfile.TemporaryDirectory(prefix="jrd-check-") as tmp:
+        layout = Layout(Path(tmp) / "state", Path(tmp) / "run", Path(tmp) / "log")
+        if config.external_tls:
+            tls = prepare.external_tls(config)
+        elif certs.current_leaf(real.leaf_cert, real.leaf_key) is not None:
+            tls = prepare.TlsFiles(real.leaf_cert, real.leaf_key, real.ca_cert.read_bytes())
+        else:
+            # No certificate yet: test with a throwaway one, leave the state dir alone.
+            tls, _ = prepare.ensure_own_tls(config, layout, certs.utcnow())
+        hashed = passwords.read_password_hash(real.password_file) if real.password_file.exists() else None
+        build(config, layout, tls, hashed or "argon2:placeholder", "0" * 64, staging=Path(tmp),
+              create_root_dir=False)
+
+
+def make_dirs(inp: RenderInputs, create_root_dir: bool = True) -> None:
+    """The runtime and log directories, each with the narrowest mode that works."""
+    layout = inp.layout
+    acct = inp.jupyter_account
+    root = inp.running_as_root
+    # The configured directories get a mode when jrd creates them, and are left
+    # alone otherwise; what jrd keeps inside them has its mode forced.
+    ensure_dir(layout.state_dir, 0o700, force=False)
+    ensure_dir(layout.runtime_dir, 0o755, force=False)
+    ensure_dir(layout.log_dir, 0o750, force=False)
+    ensure_dir(layout.supervisor_dir, 0o700)
+    ensure_dir(layout.nginx_dir, 0o755)
+    ensure_dir(layout.nginx_public_dir, 0o755)
+    worker = pwd.getpwnam(inp.nginx_worker_user) if root else None
+    ensure_dir(layout.nginx_temp_dir, 0o700, (worker.pw_uid, worker.pw_gid) if worker else None)
+    owner = (acct.uid, acct.gid) if root else None
+    # Jupyter makes its runtime dir inside this one itself, as its own account.
+    ensure_dir(layout.jupyter_dir, 0o700, owner)
+    root_dir = inp.config.jupyter.root_dir
+    if create_root_dir and root_dir is not None and not root_dir.exists():
+        where = inp.config.source or "the config"
+        try:
+            ensure_dir(root_dir, 0o755, owner, force=False)
+        except OSError as exc:
+            raise ConfigError(
+                f"{where}: [jupyter] root_dir = '{root_dir}' cannot be created ({exc.strerror}); create it "
+                "yourself, owned by the Jupyter account, and under systemd allow writing to it with a drop-in "
+                "(`systemctl edit jrd`: [Service] ReadWritePaths=" + str(root_dir) + ")"
+            ) from None
+
+
+def stage(files: dict[str, RenderedFile], nginx_exe: Path, into: Path) -> Path:
+    """Write a copy of the rendered nginx.conf into `into` and `nginx -t` it; return its path."""
+    staged = into / "nginx.conf"
+    atomic_write(staged, files["nginx.conf"].content, 0o644)
+    nginx.test_config(nginx_exe, staged)
+    return staged
+
+
+def install(files: dict[str, RenderedFile]) -> list[str]:
+    """Write every rendered file atomically; return the names of those that changed."""
+    changed = []
+    for name, f in files.items():
+        ensure_dir(f.path.parent, 0o755, force=False)
+        if atomic_write(f.path, f.content, f.mode, f.owner):
+            changed.append(name)
+    return changed

@@ -1,0 +1,120 @@
+"""Is this machine ready to run jrd?  The lock, the ports, the accounts and the binaries.
+
+Each check raises one `PreflightError` (or `ConfigError`) sentence that
+says what is wrong and how to fix it; none of them changes anything but
+the lock file.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import pwd
+import socket
+import sys
+from pathlib import Path
+
+from jrd.config import Config, split_host_port
+from jrd.errors import ConfigError, PreflightError
+from jrd.render import Account
+
+
+class InstanceLock:
+    """One jrd per runtime dir: an flock on a file that holds the owner's PID."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+                raise
+            other = os.read(fd, 32).decode().strip() or "?"
+            os.close(fd)
+            raise PreflightError(
+                f"jrd is already running with runtime dir {self.path.parent} (pid {other}); "
+                "stop it first (`systemctl stop jrd`) or give this one another [paths] runtime_dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def check_ports(config: Config) -> None:
+    """Fail with a clear sentence if a port that jrd needs is taken."""
+    wanted = [(addr, config.nginx.port, "[nginx] port") for addr in config.nginx.listen]
+    wanted.append(("127.0.0.1", config.jupyter.port, "[jupyter] port"))
+    if config.metrics.listen:
+        host, port = split_host_port(config.metrics.listen)
+        wanted.append((host, port, "[metrics] listen"))
+    for addr, port, key in wanted:
+        host = {"*": "0.0.0.0"}.get(addr, addr).strip("[]")
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, port))
+            except OSError as exc:
+                where = config.source or "the config"
+                if exc.errno == errno.EADDRINUSE:
+                    raise PreflightError(
+                        f"port {port} on {addr} is already in use by another program; stop that program "
+                        f"(`ss -ltnp 'sport = :{port}'` shows it) or change {key} in {where}"
+                    ) from None
+                raise PreflightError(
+                    f"cannot listen on {addr}:{port} ({exc.strerror}); check {key} in {where}") from None
+
+
+def venv_bin() -> Path:
+    return Path(sys.executable).parent
+
+
+def find_jupyter() -> Path:
+    exe = venv_bin() / "jupyter"
+    if not exe.exists():
+        raise PreflightError(
+            f"Jupyter is not installed beside jrd (no {exe}); install it with `pip install jupyterlab` "
+            "in the same environment, or run `make install`"
+        )
+    return exe
+
+
+def jupyter_account(config: Config) -> Account:
+    """The account Jupyter runs as; root only by explicit opt-in."""
+    where = config.source or "the built-in defaults"
+    name = config.jupyter.user
+    if name:
+        pw = pwd.getpwnam(name)
+    else:
+        pw = pwd.getpwuid(os.geteuid())
+    if os.geteuid() != 0 and pw.pw_uid != os.geteuid():
+        raise ConfigError(
+            f"{where}: [jupyter] user = {name!r} needs jrd to run as root; run jrd as root or leave user empty"
+        )
+    if pw.pw_uid == 0 and not config.jupyter.allow_root:
+        raise ConfigError(
+            f"{where}: Jupyter would run as root; set [jupyter] user to a normal account "
+            "(for example `useradd --create-home jupyter` and user = \"jupyter\"), "
+            "or set [jupyter] allow_root = true if you really mean it"
+        )
+    return Account(pw.pw_name, pw.pw_uid, pw.pw_gid, Path(pw.pw_dir))
+
+
+def nginx_worker_user() -> str:
+    for name in ("www-data", "nobody"):
+        try:
+            pwd.getpwnam(name)
+            return name
+        except KeyError:
+            continue
+    return "nobody"
