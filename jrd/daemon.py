@@ -22,12 +22,12 @@ import threading
 import time
 from typing import Any, Callable
 
-from jrd import __version__, certs, logs, nginx, passwords, preflight, probe, processes, states
+from jrd import __version__, certs, logs, nginx, passwords, preflight, processes, serving, states
 from jrd.build import build_to_run, install
 from jrd.config import Config, load_config
-from jrd.errors import Interrupted, JrdError, StartupError, SupervisorError
+from jrd.errors import Interrupted, JrdError, SupervisorError
 from jrd.extension import Context, Extension
-from jrd.fsutil import atomic_write, ensure_dir
+from jrd.fsutil import ensure_dir
 from jrd.jupyter import JupyterClient
 from jrd.layout import Layout
 from jrd.ledger import Ledger
@@ -41,8 +41,6 @@ from jrd.supervision import SUPERVISE_INTERVAL, Supervision
 from jrd.supervisor import Supervisor, become_subreaper, launch_supervisord, stop_supervisord
 
 log = logging.getLogger("jrd")
-
-STARTUP_TIMEOUT = 120.0
 
 
 class Daemon:
@@ -149,7 +147,8 @@ class Daemon:
         ensure_dir(layout.runtime_dir, 0o755, force=False)
         self.lock.acquire()
         preflight.check_ports(cfg)
-        password_note = self._ensure_password()
+        password_note = passwords.ensure_initial_password(layout.password_file, layout.initial_password_file,
+                                                          self._show_password)
         for ext in self.extensions:
             ext.prepare(self.context)
         if cfg.external_tls:
@@ -169,14 +168,13 @@ class Daemon:
                                    cancelled=self.stop_requested)
         for ext in self.extensions:
             ext.start(self.context)
-        self.wait_serving(self._clock() + STARTUP_TIMEOUT)
+        self.wait_serving(self._clock() + serving.STARTUP_TIMEOUT)
         self._schedule_cert_check()
         self.timers.schedule("supervise", SUPERVISE_INTERVAL, self._supervise)
         host = cfg.local_probe_host if ":" not in cfg.local_probe_host else f"[{cfg.local_probe_host}]"
         local = cfg.url.replace(cfg.url.split("/")[2], f"{host}:{cfg.nginx.port}")
         self._announce(f"jrd {__version__} is serving JupyterLab at {cfg.url} (from this machine: {local})")
-        if password_note:
-            self._announce(password_note)
+        self._announce(password_note)
         notify(f"READY=1\nSTATUS=serving {cfg.url}\nMAINPID={os.getpid()}")
 
     def loop(self) -> None:
@@ -216,26 +214,6 @@ class Daemon:
         self.lock.release()
 
     # --- parts of start -------------------------------------------------------------
-    def _ensure_password(self) -> str | None:
-        """Make a random first password if none is set; say where it is, never log it."""
-        layout = self.layout
-        if passwords.read_password_hash(layout.password_file) is not None:
-            if layout.initial_password_file.exists():
-                return f"Log in with the password in {layout.initial_password_file} (change it with `jrd passwd`)."
-            return "Log in with the password you set (change it with `jrd passwd`)."
-        password = passwords.random_password()
-        passwords.write_password_hash(layout.password_file, passwords.hash_password(password))
-        atomic_write(layout.initial_password_file, password + "\n", 0o600)
-        if self._show_password:
-            return (
-                f"Log in with the password  {password}  (shown this once; also in "
-                f"{layout.initial_password_file}, readable by root only). Change it with `jrd passwd`."
-            )
-        return (
-            f"A login password was generated and saved in {layout.initial_password_file} "
-            "(readable by root only); change it with `jrd passwd`."
-        )
-
     def _contribute(self, inputs: RenderInputs) -> RenderInputs:
         for ext in self.extensions:
             inputs = ext.contribute(inputs)
@@ -259,37 +237,13 @@ class Daemon:
         finally:
             self.timers.schedule("supervise", SUPERVISE_INTERVAL, self._supervise)
 
-    # --- serving -----------------------------------------------------------------
-    def probe_through_nginx(self, timeout: float) -> probe.ProbeResult:
-        cfg = self.config
-        return probe.get(cfg.local_probe_host, cfg.nginx.port, cfg.jupyter.base_url + "api", tls=True,
-                         timeout=timeout)
-
+    # --- serving ---------------------------------------------------------------
     def wait_serving(self, deadline: float) -> None:
-        """Wait until Jupyter answers through nginx, or fail with the reason; safe off the main loop."""
-        last = ""
-        while self._clock() < deadline:
-            result = self.probe_through_nginx(timeout=5)
-            if result.ok:
-                return
-            last = result.error or f"HTTP {result.status}"
-            for name, info in self.supervisor.processes().items():
-                if info.state in (states.FATAL, states.BACKOFF) and name in states.PROGRAMS:
-                    if info.state == states.FATAL or self._clock() + 1 > deadline:
-                        raise StartupError(f"{name} failed to start: {logs.tail(self.layout.log_file(name))}")
-            if self.stop_requested.wait(0.1):
-                raise Interrupted("stopped while waiting for Jupyter to answer")
-        raise StartupError(f"Jupyter did not answer through nginx within {STARTUP_TIMEOUT:.0f} s ({last}); "
-                           f"see {self.layout.log_dir}")
+        serving.wait_serving(self.config, self.supervisor, self.layout, deadline, self.stop_requested, self._clock)
 
     def wait_serving_answer(self, deadline: float) -> dict[str, Any]:
-        """For a control connection's thread: wait to serve, unless a program is stopped on purpose."""
-        procs = self.supervisor.processes()
-        down = [n for n in states.PROGRAMS if n in procs and procs[n].state in states.STOPPED_STATES]
-        if down:
-            return {"serving": False, "note": f"not waiting for Jupyter through nginx: {', '.join(down)} is stopped"}
-        self.wait_serving(deadline)
-        return {"serving": True}
+        return serving.wait_serving_answer(self.config, self.supervisor, self.layout, deadline, self.stop_requested,
+                                           self._clock)
 
     # --- certificates ------------------------------------------------------------
     def _schedule_cert_check(self) -> None:

@@ -76,3 +76,23 @@ def ensure_internal_token(path: Path) -> str:
     ensure_dir(path.parent, 0o700, force=False)
     atomic_write(path, token + "\n", 0o600)
     return token
+
+
+def ensure_initial_password(password_file: Path, initial_file: Path, show: bool) -> str:
+    """Make a random first password if none is set; what to tell the person (never logged)."""
+    if read_password_hash(password_file) is not None:
+        if initial_file.exists():
+            return f"Log in with the password in {initial_file} (change it with `jrd passwd`)."
+        return "Log in with the password you set (change it with `jrd passwd`)."
+    password = random_password()
+    write_password_hash(password_file, hash_password(password))
+    atomic_write(initial_file, password + "\n", 0o600)
+    if show:
+        return (
+            f"Log in with the password  {password}  (shown this once; also in "
+            f"{initial_file}, readable by root only). Change it with `jrd passwd`."
+        )
+    return (
+        f"A login password was generated and saved in {initial_file} "
+        "(readable by root only); change it with `jrd passwd`."
+    )

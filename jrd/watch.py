@@ -196,11 +196,11 @@ class ConfigWatcher(FileSystemEventHandler, Extension):
         self._retarget = False
         self._observer: Any = None
         self._thread: threading.Thread | None = None
-        self._submit: Callable[..., Any] | None = None
+        self._ctx: Context | None = None
 
     # extension hooks
     def start(self, ctx: Context) -> None:
-        self._submit = ctx.submit
+        self._ctx = ctx
         self._config = ctx.config
         # watchdog logs every inotify event at debug level; with jrd at debug and its
         # output in a watched directory, that would feed on itself.
@@ -276,8 +276,8 @@ class ConfigWatcher(FileSystemEventHandler, Extension):
             return
         with self._lock:
             changed = self._settle()
-        if changed and self._submit is not None:
-            self._submit("reload", "file:" + ", ".join(str(p) for p in changed))
+        if changed and self._ctx is not None:
+            self._ctx.submit("reload", "file:" + ", ".join(str(p) for p in changed))
 
     def _settle(self) -> list[Path]:
         """After a burst: which files now hold new content (under the lock)."""

@@ -6,6 +6,7 @@ namespace; nothing here starts supervisord, nginx or Jupyter.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -21,10 +22,13 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from jrd import events, health, metrics, states
-from jrd.config import Config, PathsConfig
+from jrd import event_listener, events, health, metrics, states
+from jrd.config import Config, PathsConfig, split_host_port
 from jrd.daemon import Daemon
 from jrd.errors import JrdError
+from jrd.extension import Context
+from jrd.jupyter import JupyterActivity
+from jrd.ledger import Ledger
 from jrd.supervisor import Supervisor
 
 from conftest import parse_exposition
@@ -68,8 +72,8 @@ class FakeProcs(metrics.ProcReader):
         return metrics.TreeUsage(3, pid * 1000, pid / 10)
 
 
-def activity(daemon: Any, timeout: float) -> metrics.JupyterActivity:
-    return metrics.JupyterActivity(kernels=2, busy_kernels=1, connections=3, last_activity=NOW - 5, started=NOW - 100)
+def activity(timeout: float) -> JupyterActivity:
+    return JupyterActivity(kernels=2, busy_kernels=1, connections=3, last_activity=NOW - 5, started=NOW - 100)
 
 
 def stub(path: Path, timeout: float) -> dict[str, int]:
@@ -91,7 +95,13 @@ def scrape(collector: metrics.JrdCollector) -> dict[str, float]:
 def make(daemon: Daemon, rpc: FakeRpc, **kw: Any) -> metrics.JrdCollector:
     kw.setdefault("jupyter", activity)
     kw.setdefault("stub_status", stub)
-    return metrics.JrdCollector(daemon, kw.pop("health", None), supervisor=FakeSupervisor(rpc), procs=FakeProcs(), **kw)
+    ctx = kw.pop("ctx", daemon.context)
+    return metrics.JrdCollector(ctx, supervisor=FakeSupervisor(rpc), procs=FakeProcs(), **kw)
+
+
+def count(ledger: Ledger, program: str, reason: str, times: int) -> None:
+    for _ in range(times):
+        ledger.count_restart(program, reason)
 
 
 def test_programs_states_and_trees(daemon: Daemon) -> None:
@@ -110,8 +120,8 @@ def test_programs_states_and_trees(daemon: Daemon) -> None:
 
 
 def test_restarts_are_exact_and_every_reason_is_present(daemon: Daemon) -> None:
-    daemon.restarts[("jupyter", "crash")] = 3
-    daemon.restarts[("nginx", "unhealthy")] = 1
+    count(daemon.ledger, "jupyter", "crash", 3)
+    count(daemon.ledger, "nginx", "unhealthy", 1)
     m = scrape(make(daemon, FakeRpc([info("jupyter", "RUNNING", 1), info("nginx", "RUNNING", 2)])))
     assert m['jrd_program_restarts_total{program="jupyter",reason="crash"}'] == 3
     assert m['jrd_program_restarts_total{program="nginx",reason="unhealthy"}'] == 1
@@ -183,11 +193,11 @@ def test_failing_jupyter_and_nginx_are_explicit(daemon: Daemon) -> None:
 
 
 def test_certificates_and_renewals_read_defensively(daemon: Daemon) -> None:
-    daemon.certificate_status = lambda: {  # type: ignore[method-assign]
+    ctx = dataclasses.replace(daemon.context, certificate_status=lambda: {
         "leaf": {"not_after": NOW + 86400}, "ca": {"error": "missing"},
         "renewals": {"success": 2, "failure": "?"}, "last_renewal_success": NOW - 60,
-    }
-    m = scrape(make(daemon, FakeRpc([])))
+    })
+    m = scrape(make(daemon, FakeRpc([]), ctx=ctx))
     assert m['jrd_certificate_not_after_timestamp_seconds{cert="leaf"}'] == NOW + 86400
     assert 'jrd_certificate_not_after_timestamp_seconds{cert="ca"}' not in m
     assert m['jrd_certificate_renewals_total{result="success"}'] == 2
@@ -198,9 +208,11 @@ def test_certificates_and_renewals_read_defensively(daemon: Daemon) -> None:
 def test_config_reload_metrics(daemon: Daemon) -> None:
     m = scrape(make(daemon, FakeRpc([])))
     assert m["jrd_config_last_reload_successful"] == 1  # the start counts as a successful load
-    assert m["jrd_config_last_reload_success_timestamp_seconds"] == daemon.started_at
-    daemon.reloads.ok, daemon.reloads.failures, daemon.reloads.successes = False, 1, 2
-    daemon.reloads.last_success_at = NOW
+    assert m["jrd_config_last_reload_success_timestamp_seconds"] == daemon.ledger.started_at
+    daemon.ledger.wall = lambda: NOW
+    daemon.ledger.record_reload(True)
+    daemon.ledger.record_reload(True)
+    daemon.ledger.record_reload(False, "refused")
     m = scrape(make(daemon, FakeRpc([])))
     assert m["jrd_config_last_reload_successful"] == 0
     assert m['jrd_config_reloads_total{result="failure"}'] == 1
@@ -208,18 +220,16 @@ def test_config_reload_metrics(daemon: Daemon) -> None:
     assert m["jrd_config_last_reload_success_timestamp_seconds"] == NOW
 
 
-def test_probe_metrics_come_from_the_health_monitor(daemon: Daemon) -> None:
-    mon = health.HealthMonitor()
-    mon.last["jupyter"] = health.ProbeOutcome("jupyter", False, 1.5, "timed out", NOW)
-    mon.trackers["jupyter"] = health.Tracker(NOW - 100, True, 2)
-    m = scrape(make(daemon, FakeRpc([]), health=mon))
+def test_probe_metrics_come_from_the_ledger(daemon: Daemon) -> None:
+    daemon.ledger.record_probe(health.ProbeOutcome("jupyter", False, 1.5, "timed out", NOW), 2)
+    m = scrape(make(daemon, FakeRpc([])))
     assert m['jrd_probe_success{program="jupyter"}'] == 0
     assert m['jrd_probe_duration_seconds{program="jupyter"}'] == 1.5
     assert m['jrd_probe_consecutive_failures{program="jupyter"}'] == 2
 
 
 def test_full_registry_passes_promtool(daemon: Daemon, tmp_path: Path) -> None:
-    daemon.restarts[("jupyter", "crash")] = 1
+    count(daemon.ledger, "jupyter", "crash", 1)
     registry = metrics.build_registry(make(daemon, FakeRpc([info("jupyter", "RUNNING", 1), info("nginx", "RUNNING", 2)])))
     text = generate_latest(registry).decode()
     assert "process_resident_memory_bytes" in text and "python_info" in text and "jrd_build_info" in text
@@ -244,9 +254,9 @@ def test_proc_reader_counts_children(tmp_path: Path) -> None:
     assert metrics.ProcReader().usage(child.pid).processes == 0  # gone: nothing, no error
 
 
-def test_split_listen() -> None:
-    assert metrics.split_listen("127.0.0.1:9839") == ("127.0.0.1", 9839)
-    assert metrics.split_listen("[::1]:9") == ("::1", 9)
+def test_split_host_port() -> None:
+    assert split_host_port("127.0.0.1:9839") == ("127.0.0.1", 9839)
+    assert split_host_port("[::1]:9") == ("::1", 9)
 
 
 # --- events -----------------------------------------------------------------------------
@@ -266,7 +276,7 @@ def test_listener_speaks_supervisords_protocol() -> None:
     )
     stdout = io.BytesIO()
     seen: list[dict[str, str]] = []
-    events.serve(stdin, stdout, seen.append)
+    event_listener.serve(stdin, stdout, seen.append)
     assert stdout.getvalue() == b"READY\nRESULT 2\nOK" * 3 + b"READY\n"
     assert [e["eventname"] for e in seen] == ["PROCESS_STATE_EXITED", "PROCESS_STATE_STARTING"]
     assert seen[1]["from_state"] == "EXITED" and seen[1]["processname"] == "jupyter"
@@ -280,7 +290,7 @@ def test_listener_program_forwards_datagrams(tmp_path: Path) -> None:
         sock.bind(str(path))
         sock.settimeout(10)
         data = frame("PROCESS_STATE_STARTING", "processname:nginx groupname:nginx from_state:BACKOFF tries:1")
-        proc = subprocess.run([sys.executable, "-m", "jrd.events", str(path)], input=data, capture_output=True,
+        proc = subprocess.run([sys.executable, "-m", "jrd.event_listener", str(path)], input=data, capture_output=True,
                               timeout=30, env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout == b"READY\nRESULT 2\nOKREADY\n"
@@ -306,11 +316,16 @@ def test_restart_reason(event: dict[str, str], reason: str | None) -> None:
 
 def test_three_crashes_count_three(daemon: Daemon) -> None:
     ext = events.ProgramEvents()
-    for _ in range(3):
-        for name, frm in (("PROCESS_STATE_EXITED", "RUNNING"), ("PROCESS_STATE_STARTING", "EXITED"),
-                          ("PROCESS_STATE_RUNNING", "STARTING")):
-            ext.on_event(daemon, {"eventname": name, "processname": "jupyter", "from_state": frm})
-    assert daemon.restarts == {("jupyter", "crash"): 3}
+    ext.prepare(daemon.context)
+    ext.start(daemon.context)
+    try:
+        for _ in range(3):
+            for name, frm in (("PROCESS_STATE_EXITED", "RUNNING"), ("PROCESS_STATE_STARTING", "EXITED"),
+                              ("PROCESS_STATE_RUNNING", "STARTING")):
+                ext.on_event({"eventname": name, "processname": "jupyter", "from_state": frm})
+    finally:
+        ext.stop()
+    assert dict(daemon.ledger.snapshot().restarts) == {("jupyter", "crash"): 3}
 
 
 # --- health policy ---------------------------------------------------------------------------
@@ -365,58 +380,65 @@ def test_a_probe_of_the_previous_instance_is_ignored() -> None:
     assert not any(restarts)  # still in its startup grace
 
 
-class FakeDaemon:
-    """Enough of a Daemon for the health monitor's main-loop half."""
+class FakeStack:
+    """Enough of a daemon's Context for the health monitor's main-loop half."""
 
     def __init__(self, state: str = states.RUNNING):
         self.config = Config()
         self.submitted: list[tuple[str, dict[str, Any]]] = []
         self.signals: list[tuple[str, str]] = []
+        self.scheduled: list[tuple[str, float]] = []
         self.state = state
-        daemon = self
+        self.ledger = Ledger()
+        stack = self
 
         class Sup:
             def process(self, name: str) -> Any:
-                return SimpleNamespace(state=daemon.state, start=1.0, uptime=1000.0)
+                return SimpleNamespace(state=stack.state, start=1.0, uptime=1000.0)
 
             def signal(self, name: str, sig: str) -> None:
-                daemon.signals.append((name, sig))
+                stack.signals.append((name, sig))
 
-        self.supervisor = Sup()
+        def submit(name: str, source: str, **args: Any) -> Any:
+            from concurrent.futures import Future
 
-    def submit(self, name: str, source: str, **args: Any) -> Any:
-        from concurrent.futures import Future
+            self.submitted.append((name, args))
+            fut: Future[Any] = Future()
+            fut.set_result(None)
+            return fut
 
-        self.submitted.append((name, args))
-        fut: Future[Any] = Future()
-        fut.set_result(None)
-        return fut
+        self.context = Context(
+            layout=None, supervisor=Sup(), ledger=self.ledger, jupyter=None,  # type: ignore[arg-type]
+            submit=submit, add_handler=lambda name, handler: None,
+            schedule=lambda name, delay, fn: self.scheduled.append((name, delay)), cancel=lambda name: None,
+            current_config=lambda: self.config, wait_serving=lambda deadline: {}, certificate_status=dict,
+        )
 
 
 def test_monitor_restarts_through_the_command_path() -> None:
-    d = FakeDaemon()
+    d = FakeStack()
     mon = health.HealthMonitor()
+    mon.start(d.context)
     threshold = d.config.health.failure_threshold
     for i in range(threshold):
-        restarted = mon.on_result(d, health.ProbeOutcome("jupyter", False, 10.0, "TimeoutError: timed out", NOW))
+        restarted = mon.on_result(health.ProbeOutcome("jupyter", False, 10.0, "TimeoutError: timed out", NOW))
     assert restarted
     assert d.submitted == [("restart", {"program": "jupyter", "reason": "unhealthy"})]
     assert d.signals == [("jupyter", "CONT")]
-    assert mon.last["jupyter"].error == "TimeoutError: timed out"
+    assert d.ledger.snapshot().probes["jupyter"].error == "TimeoutError: timed out"
 
 
 def test_monitor_timer_probes_in_threads_and_reports_back() -> None:
-    d = FakeDaemon()
-    d.timers = {}  # type: ignore[attr-defined]
-    mon = health.HealthMonitor(probes={"jupyter": lambda daemon, timeout: health.ProbeOutcome("jupyter", True, 0.01)},
-                               clock=lambda: 100.0)
-    assert mon.on_timer(d, "health") is True
-    assert mon.on_timer(d, "something-else") is False
+    d = FakeStack()
+    mon = health.HealthMonitor(probes={"jupyter": lambda config, layout, timeout: health.ProbeOutcome("jupyter", True, 0.01)})
+    mon.start(d.context)
+    assert d.scheduled == [("health", d.config.health.interval_seconds)]
+    mon.on_timer()
     deadline = time.monotonic() + 5
     while not d.submitted and time.monotonic() < deadline:
         time.sleep(0.01)
     assert d.submitted[0][0] == "health_result" and d.submitted[0][1]["outcome"].ok
-    assert d.timers["health"] == 100.0 + d.config.health.interval_seconds  # type: ignore[attr-defined]
+    assert d.scheduled[-1] == ("health", d.config.health.interval_seconds)  # probes again after the interval
 
 
 # --- shipped Prometheus files -----------------------------------------------------------------

@@ -137,7 +137,7 @@ QUIET = 0.05
 
 
 class FakeDaemon:
-    """Only what the watcher uses: the config and the command path."""
+    """Only what the watcher uses of its Context: the config and the command path."""
 
     def __init__(self, config):  # type: ignore[no-untyped-def]
         self.config = config
@@ -162,7 +162,7 @@ def setup(tmp_path: Path):  # type: ignore[no-untyped-def]
     watcher = ConfigWatcher(debouncer=Debouncer(quiet=QUIET, write_grace=0.5, max_delay=1.0))
     watcher.start(daemon)  # type: ignore[arg-type]
     yield tmp_path, conf, daemon, watcher
-    watcher.stop(daemon)  # type: ignore[arg-type]
+    watcher.stop()
 
 
 def config_text(base: Path, n: int, extra: str = "") -> str:
@@ -308,7 +308,7 @@ def test_added_certificate_files_are_watched_after_a_reload(setup) -> None:  # t
     conf.write_text(text)
     assert len(settled(daemon, watcher, 1)) == 1
     new = parse_config(text, source=conf)
-    watcher.config_changed(daemon, daemon.config, new)  # type: ignore[arg-type]
+    watcher.config_changed(daemon.config, new)
     daemon.config = new
     wait_for(lambda: archive in watcher.watched and live in watcher.watched, 5, "the certificate directories to be watched")
     # certbot's renewal: new archive files, then both live links flipped.

@@ -1,0 +1,252 @@
+"""How each program is restarted, when a deferred Jupyter restart happens, and how FATAL retries back off.
+
+Fakes stand in for supervisord, Jupyter's API and the clock; nothing here starts a process.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jrd import states
+from jrd.config import parse_config
+from jrd.errors import JrdError, SupervisorError
+from jrd.ledger import Ledger
+from jrd.loop import Timers
+from jrd.programs import IDLE_POLL, RESTART_TIMER, Jupyter, Nginx
+from jrd.reload_plan import JupyterBaseline
+from jrd.supervision import FatalRetry, Supervision
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeSupervisor:
+    """Records what jrd asks of supervisord; each start gives the program a new pid."""
+
+    def __init__(self, state: str = states.RUNNING):
+        self.calls: list[tuple[str, ...]] = []
+        self.state = state
+        self.pid = 100
+        self.updated: list[str] = []
+
+    def process(self, name: str) -> Any:
+        from types import SimpleNamespace
+
+        return SimpleNamespace(state=self.state, running=self.state == states.RUNNING, pid=self.pid)
+
+    def stop(self, name: str, wait: bool = True) -> None:
+        self.calls.append(("stop", name))
+        self.state = states.STOPPED
+
+    def start(self, name: str, wait: bool = True) -> None:
+        self.calls.append(("start", name))
+        self.state, self.pid = states.RUNNING, self.pid + 1
+
+    def signal(self, name: str, sig: str) -> None:
+        self.calls.append(("signal", name, sig))
+
+    def update(self) -> tuple[list[str], list[str], list[str]]:
+        self.calls.append(("update",))
+        return [], list(self.updated), []
+
+
+class FakeKernels:
+    def __init__(self, busy: int = 0, fail: bool = False):
+        self.busy, self.fail = busy, fail
+
+    def kernel_counts(self, timeout: float = 5.0) -> dict[str, int]:
+        if self.fail:
+            raise JrdError("Jupyter api/kernels: ConnectionRefusedError")
+        return {"running": self.busy, "busy": self.busy}
+
+
+BASELINE = JupyterBaseline(b"c.A = 1", ())
+
+
+def jupyter_with(policy: str = "idle", max_wait: float = 3600, busy: int = 0, state: str = states.RUNNING):
+    clock = Clock()
+    timers = Timers(clock)
+    sup = FakeSupervisor(state)
+    kernels = FakeKernels(busy)
+    config = parse_config(f'[jupyter]\nrestart_policy = "{policy}"\nrestart_max_wait_seconds = {max_wait}\n',
+                          source=Path("/etc/jrd/jrd.toml"))
+    ledger = Ledger()
+    program = Jupyter(sup, ledger, kernels, lambda: config.jupyter, timers.schedule, timers.cancel,  # type: ignore
+                      clock)
+    return program, sup, kernels, timers, clock, ledger
+
+
+def restarts(ledger: Ledger) -> dict[tuple[str, str], int]:
+    return dict(ledger.snapshot().restarts)
+
+
+# --- nginx ----------------------------------------------------------------------------------
+
+
+def test_nginx_restart_is_a_tested_graceful_reload_and_counts() -> None:
+    sup, ledger, tested = FakeSupervisor(), Ledger(), []
+    Nginx(sup, ledger, lambda: tested.append(1)).restart(states.REASON_REQUESTED)  # type: ignore[arg-type]
+    assert tested == [1]
+    assert sup.calls == [("signal", "nginx", "HUP")]
+    assert restarts(ledger) == {("nginx", "requested"): 1}
+
+
+def test_unhealthy_or_stopped_nginx_is_stopped_and_started() -> None:
+    for state, reason, expected in ((states.RUNNING, states.REASON_UNHEALTHY, [("stop", "nginx"), ("start", "nginx")]),
+                                    (states.FATAL, states.REASON_REQUESTED, [("start", "nginx")])):
+        sup = FakeSupervisor(state)
+        Nginx(sup, Ledger(), lambda: None).restart(reason)  # type: ignore[arg-type]
+        assert sup.calls == expected
+
+
+def test_nginx_that_refuses_its_config_is_not_signalled() -> None:
+    sup = FakeSupervisor()
+
+    def refuse() -> None:
+        raise JrdError("nginx rejected the rendered config")
+
+    with pytest.raises(JrdError):
+        Nginx(sup, Ledger(), refuse).restart(states.REASON_REQUESTED)  # type: ignore[arg-type]
+    assert sup.calls == []
+
+
+# --- the deferred Jupyter restart ------------------------------------------------------------
+
+
+def test_idle_policy_restarts_at_once_when_no_kernel_is_busy() -> None:
+    jupyter, sup, _, timers, _, ledger = jupyter_with()
+    jupyter.schedule_restart("its config changed", update=False, baseline=BASELINE)
+    assert jupyter.pending is not None and sup.calls == []
+    timers.run_due()
+    assert sup.calls == [("stop", "jupyter"), ("start", "jupyter")]
+    assert jupyter.pending is None and restarts(ledger) == {("jupyter", "reload"): 1}
+
+
+def test_idle_policy_waits_while_a_kernel_is_busy_then_restarts() -> None:
+    jupyter, sup, kernels, timers, clock, _ = jupyter_with(busy=1)
+    jupyter.schedule_restart("its config changed", update=False, baseline=BASELINE)
+    for _ in range(5):
+        timers.run_due()
+        clock.now += IDLE_POLL
+    assert sup.calls == [] and jupyter.pending is not None and timers.pending(RESTART_TIMER)
+    kernels.busy = 0
+    timers.run_due()
+    assert sup.calls == [("stop", "jupyter"), ("start", "jupyter")]
+
+
+def test_idle_policy_gives_up_waiting_after_max_wait() -> None:
+    jupyter, sup, _, timers, clock, _ = jupyter_with(busy=2, max_wait=30)
+    jupyter.schedule_restart("its config changed", update=False, baseline=BASELINE)
+    timers.run_due()
+    assert sup.calls == []
+    clock.now += 30
+    timers.run_due()
+    assert sup.calls == [("stop", "jupyter"), ("start", "jupyter")]
+
+
+def test_a_second_change_keeps_the_first_start_time() -> None:
+    jupyter, sup, _, timers, clock, _ = jupyter_with(busy=1, max_wait=30)
+    jupyter.schedule_restart("first", update=False, baseline=BASELINE)
+    clock.now += 20
+    jupyter.schedule_restart("second", update=False, baseline=JupyterBaseline(b"other", ()))
+    assert jupyter.pending is not None and jupyter.pending.reason == "second"
+    assert jupyter.pending.baseline == BASELINE  # what runs did not change
+    clock.now += 10  # 30 s after the first change
+    timers.run_due()
+    assert sup.calls == [("stop", "jupyter"), ("start", "jupyter")]
+
+
+def test_cancelled_by_a_later_edit() -> None:
+    jupyter, sup, _, timers, clock, _ = jupyter_with(busy=1)
+    jupyter.schedule_restart("its config changed", update=False, baseline=BASELINE)
+    assert jupyter.cancel_pending() is True
+    clock.now += 7200
+    timers.run_due()
+    assert sup.calls == [] and jupyter.pending is None and not timers.pending(RESTART_TIMER)
+    assert jupyter.cancel_pending() is False
+
+
+def test_immediate_policy_does_not_wait_for_busy_kernels() -> None:
+    jupyter, sup, _, _, _, _ = jupyter_with(policy="immediate", busy=3)
+    jupyter.schedule_restart("its config changed", update=False, baseline=BASELINE)
+    assert sup.calls == [("stop", "jupyter"), ("start", "jupyter")] and jupyter.pending is None
+
+
+def test_a_jupyter_that_cannot_list_kernels_does_not_hold_the_restart() -> None:
+    jupyter, sup, kernels, timers, _, _ = jupyter_with()
+    kernels.fail = True
+    jupyter.schedule_restart("its config changed", update=False, baseline=BASELINE)
+    timers.run_due()
+    assert sup.calls == [("stop", "jupyter"), ("start", "jupyter")]
+
+
+def test_a_program_change_is_applied_by_a_supervisord_update() -> None:
+    jupyter, sup, _, timers, _, ledger = jupyter_with()
+    sup.updated = ["jupyter"]
+    jupyter.schedule_restart("its config changed", update=True, baseline=BASELINE)
+    timers.run_due()
+    assert sup.calls == [("update",)]  # the update itself restarts it
+    assert restarts(ledger) == {("jupyter", "reload"): 1}
+
+
+def test_an_asked_restart_applies_the_pending_one_and_reports_failure() -> None:
+    jupyter, sup, _, timers, _, ledger = jupyter_with(busy=1)
+    jupyter.schedule_restart("its config changed", update=False, baseline=BASELINE)
+    jupyter.restart(states.REASON_REQUESTED)
+    assert sup.calls == [("stop", "jupyter"), ("start", "jupyter")] and jupyter.pending is None
+    assert restarts(ledger) == {("jupyter", "requested"): 1}
+
+    def broken(name: str, wait: bool = True) -> None:
+        raise SupervisorError("supervisord did not answer startProcess")
+
+    jupyter.schedule_restart("again", update=False, baseline=BASELINE)
+    sup.start = broken  # type: ignore[method-assign]
+    with pytest.raises(SupervisorError):
+        jupyter.restart(states.REASON_REQUESTED)
+
+
+# --- FATAL retries -----------------------------------------------------------------------------
+
+
+def test_fatal_retry_backs_off_doubling_to_the_cap() -> None:
+    retry, now, waits = FatalRetry(first=30, cap=120), 0.0, []
+    while now < 1000:
+        wait = retry.due("nginx", states.FATAL, now)
+        if wait is not None:
+            waits.append((now, wait))
+        now += 1
+    assert [w for _, w in waits[:5]] == [30, 60, 120, 120, 120]
+    assert [t for t, _ in waits[:4]] == [0, 30, 90, 210]
+
+
+def test_fatal_retry_resets_once_the_program_runs() -> None:
+    retry = FatalRetry(first=30, cap=600)
+    assert retry.due("jupyter", states.FATAL, 0) == 30
+    assert retry.due("jupyter", states.FATAL, 30) == 60
+    assert retry.due("jupyter", states.RUNNING, 40) is None
+    assert retry.due("jupyter", states.FATAL, 41) == 30  # a fresh start of the backoff
+
+
+def test_supervision_starts_a_fatal_program_without_waiting(tmp_path: Path) -> None:
+    from jrd.layout import Layout
+    from jrd.supervisor import ProcessInfo
+
+    class Sup(FakeSupervisor):
+        def processes(self) -> dict[str, ProcessInfo]:
+            return {n: ProcessInfo(n, states.FATAL if n == "nginx" else states.RUNNING, 0, 0, 0, 1, "")
+                    for n in states.PROGRAMS}
+
+    sup = Sup()
+    watch = Supervision(sup, Layout(tmp_path, tmp_path, tmp_path), clock=Clock())  # type: ignore[arg-type]
+    watch.strays.sweep = lambda exclude: []  # type: ignore[method-assign]
+    watch.tick()
+    watch.tick()
+    assert sup.calls == [("start", "nginx")]  # once: the next try waits for its backoff
