@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from jrd.extension import Context, Extension
+
 if __name__ != "__main__":
     import pytest
     from cryptography import x509
@@ -42,19 +44,16 @@ HERE = Path(__file__).resolve()
 # --- the harness (runs in its own process) --------------------------------------------
 
 
-class StdinCommands:
-    """A daemon extension: each stdin line is {"name", "args"} for Daemon.submit, or {"fault": bool}."""
+class StdinCommands(Extension):
+    """A daemon extension: each stdin line is {"name", "args"} for the command path, or {"fault": bool}."""
 
     def __init__(self, faults: "Faults"):
         self.faults = faults
 
-    def start(self, daemon: Any) -> None:
-        threading.Thread(target=self._serve, args=(daemon,), daemon=True).start()
+    def start(self, ctx: Context) -> None:
+        threading.Thread(target=self._serve, args=(ctx,), daemon=True).start()
 
-    def stop(self, daemon: Any) -> None:
-        pass
-
-    def _serve(self, daemon: Any) -> None:
+    def _serve(self, daemon: Context) -> None:
         for line in sys.stdin:
             msg = json.loads(line)
             if "fault" in msg:
