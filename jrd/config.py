@@ -505,17 +505,21 @@ def _check_whole(where: str, config: Config) -> None:
     """Checks that involve more than one key."""
     tls = config.tls
     if (tls.cert_file is None) != (tls.key_file is None):
-        raise ConfigError(f"{where}: [tls] cert_file and key_file must be set together (or both left empty for jrd's own CA)")
+        raise ConfigError(
+            f"{where}: [tls] cert_file and key_file must be set together (or both left empty for jrd's own CA)"
+        )
     if config.metrics.listen:
         metrics_port = split_host_port(config.metrics.listen)[1]
         for key, port in (("[nginx] port", config.nginx.port), ("[jupyter] port", config.jupyter.port)):
             if metrics_port == port:
                 raise ConfigError(
-                    f"{where}: [metrics] listen = {config.metrics.listen!r} uses the same port as {key}; give metrics its own port"
+                    f"{where}: [metrics] listen = {config.metrics.listen!r} uses the same port as {key}; "
+                    "give metrics its own port"
                 )
     if config.jupyter.port == config.nginx.port:
         raise ConfigError(
-            f"{where}: [jupyter] port = {config.jupyter.port} is the same as [nginx] port; give Jupyter its own loopback port"
+            f"{where}: [jupyter] port = {config.jupyter.port} is the same as [nginx] port; "
+            "give Jupyter its own loopback port"
         )
     if not config.nginx.listen:
         raise ConfigError(f"{where}: [nginx] listen = [] is invalid: it must name at least one address")
