@@ -15,6 +15,7 @@ import pwd
 import re
 import socket
 import tomllib
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -56,9 +57,16 @@ def _bool(value: Any) -> bool:
     return value
 
 
+def _has_control(text: str) -> bool:
+    """Control characters (newlines, tabs, NUL, C1) and Unicode line or paragraph separators."""
+    return any(unicodedata.category(ch) in ("Cc", "Zl", "Zp") for ch in text)
+
+
 def _string(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError("a string")
+    if _has_control(value):
+        raise ValueError("a string without control characters (newlines, tabs, NUL)")
     return value
 
 
@@ -80,12 +88,28 @@ def _string_list(item: Callable[[Any], str] = _string) -> Callable[[Any], tuple[
     return check
 
 
+# A path reaches nginx.conf (quoted there) and supervisord.conf (which has no
+# quoting for a plain value: `;` or `#` after a blank starts a comment, and a
+# trailing blank is stripped), so these are refused rather than escaped.
+_PATH_REFUSED = re.compile(r'["\\$]|\s[;#]|\s$')
+
+
 def _path(value: Any) -> Path:
     if not isinstance(value, str) or not value:
         raise ValueError("a non-empty path string")
-    path = Path(value).expanduser()
+    if _has_control(value):
+        raise ValueError("a path without control characters (newlines, tabs, NUL)")
+    try:
+        path = Path(value).expanduser()
+    except RuntimeError:  # "~nosuchuser/..."
+        raise ValueError("an absolute path (starting with '/'); '~USER' names no known account") from None
     if not path.is_absolute():
         raise ValueError("an absolute path (starting with '/'), since a service has no working directory of its own")
+    if _PATH_REFUSED.search(str(path)):
+        raise ValueError(
+            "a path without '\"', '\\' or '$', without ';' or '#' right after a blank, and not ending in a blank "
+            "(nginx and supervisord configs cannot carry them)"
+        )
     return path
 
 
@@ -97,7 +121,10 @@ def _optional_path(value: Any) -> Path | None:
 
 # No wildcards: Jupyter's own Host check compares names exactly, so a
 # "*.example.com" certificate would pass nginx and then be refused by Jupyter.
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+# \Z, not $: `$` also matches before a trailing newline.
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}\Z)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\Z"
+)
 
 
 def _dns_name(value: Any) -> str:
@@ -110,13 +137,21 @@ def _dns_name(value: Any) -> str:
     raise ValueError("a DNS name; put IP addresses in [tls] ip_addresses")
 
 
+def _plain_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """An IP address without an IPv6 zone ('fe80::1%eth0'): a zone may hold any character, and no config needs one."""
+    addr = ipaddress.ip_address(text)
+    if getattr(addr, "scope_id", None) is not None:
+        raise ValueError("zone")
+    return addr
+
+
 def _ip_address(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError("an IP address in quotes, such as '203.0.113.7'")
     try:
-        return str(ipaddress.ip_address(value))
+        return str(_plain_ip(value))
     except ValueError:
-        raise ValueError("an IP address such as '203.0.113.7'") from None
+        raise ValueError("an IP address such as '203.0.113.7' (without a %zone)") from None
 
 
 def _listen_address(value: Any) -> str:
@@ -126,23 +161,36 @@ def _listen_address(value: Any) -> str:
         return value
     if value.startswith("[") and value.endswith("]"):
         try:
-            if ipaddress.ip_address(value[1:-1]).version == 6:
+            if _plain_ip(value[1:-1]).version == 6:
                 return value
         except ValueError:
             pass
     try:
-        addr = ipaddress.ip_address(value)
+        addr = _plain_ip(value)
     except ValueError:
         raise ValueError("an IP address ('0.0.0.0', '127.0.0.1', '[::]')") from None
     return f"[{addr}]" if addr.version == 6 else str(addr)
 
 
-_SIZE = re.compile(r"^[0-9]+[kKmMgG]?$")
+def _listen_list(value: Any) -> tuple[str, ...]:
+    addrs = _string_list(_listen_address)(value)
+    seen = [{"*": "0.0.0.0"}.get(a, a) for a in addrs]
+    for addr in seen:
+        if seen.count(addr) > 1:
+            raise ValueError(f"a list of different addresses ({addr!r} is listed twice, which nginx refuses)")
+    return addrs
+
+
+_SIZE = re.compile(r"^[0-9]{1,20}[kKmMgG]?\Z")
+# nginx keeps sizes in an off_t.
+_MAX_SIZE = 2**63 - 1
 
 
 def _nginx_size(value: Any) -> str:
     if not isinstance(value, str) or not _SIZE.match(value):
         raise ValueError("an nginx size such as '512m' or '2g'")
+    if _size_bytes(value) > _MAX_SIZE:
+        raise ValueError("an nginx size of at most 8 EiB, such as '512m' or '2g'")
     return value
 
 
@@ -159,20 +207,45 @@ def _min_body_size(value: Any) -> str:
     return size
 
 
+def split_host_port(text: str) -> tuple[str, int]:
+    """'127.0.0.1:9839', '[::1]:9839', '*:9839' or '0.0.0.0:9839' -> (host, port).
+
+    The host comes back as a bare address to bind to ('::1', not '[::1]'; '0.0.0.0' for '*').
+    Raises ValueError with a phrase that completes "must be ...".
+    """
+    usage = "'HOST:PORT' such as '127.0.0.1:9839' or '[::1]:9839'"
+    if not isinstance(text, str) or ":" not in text:
+        raise ValueError(usage)
+    host, _, port = text.rpartition(":")
+    if not (port.isascii() and port.isdigit() and len(port) <= 5 and 1 <= int(port) <= 65535):
+        raise ValueError(f"{usage}, with a port between 1 and 65535")
+    try:
+        host = _listen_address(host)
+    except ValueError:
+        raise ValueError(f"{usage}, with an IP address as HOST") from None
+    return {"*": "0.0.0.0"}.get(host, host).strip("[]"), int(port)
+
+
 def _host_port(value: Any) -> str:
     if value == "":
         return value
-    if not isinstance(value, str) or ":" not in value:
-        raise ValueError("'HOST:PORT' such as '127.0.0.1:9839', or '' to turn metrics off")
-    host, _, port = value.rpartition(":")
-    _listen_address(host)
-    _int_range(1, 65535)(int(port) if port.isdigit() else -1)
+    try:
+        split_host_port(value)
+    except ValueError as exc:
+        raise ValueError(f"{exc}, or '' to turn metrics off") from None
     return value
+
+
+# What useradd and groupadd accept by default, plus upper case; never a blank,
+# `%`, `;` or a quote, which supervisord.conf would read as something else.
+_ACCOUNT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}\$?\Z")
 
 
 def _user_name(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError("a user name")
+    if value and not _ACCOUNT_NAME.match(value):
+        raise ValueError("a user name of letters, digits, '_', '.' and '-'")
     if value:
         try:
             pwd.getpwnam(value)
@@ -181,16 +254,56 @@ def _user_name(value: Any) -> str:
     return value
 
 
-
 def _group_name(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError("a group name")
+    if value and not _ACCOUNT_NAME.match(value):
+        raise ValueError("a group name of letters, digits, '_', '.' and '-'")
     if value:
         try:
             grp.getgrnam(value)
         except KeyError:
             raise ValueError("an existing group (create it with `groupadd NAME`)") from None
     return value
+
+
+# Settings that jrd itself gives Jupyter: an extra argument must not override
+# them (`--ip=0.0.0.0` would put Jupyter on the network, past nginx).
+_OWN_JUPYTER_OPTIONS = frozenset({
+    "ip", "port", "port_retries", "base_url", "root_dir", "notebook_dir", "config", "allow_root",
+    "allow_origin", "allow_origin_pat", "allow_credentials", "allow_remote_access", "local_hostnames",
+    "trust_xheaders", "token", "password", "hashed_password", "password_required", "allow_password_change",
+    "disable_check_xsrf", "allow_unauthenticated_access", "identity_provider_class", "authorizer_class",
+    "sock", "sock_mode", "certfile", "keyfile", "custom_display_url",
+})
+
+
+def _jupyter_arg(value: Any) -> str:
+    arg = _string(value)
+    if arg.startswith("-"):
+        name = arg.lstrip("-").split("=", 1)[0].rpartition(".")[2].replace("-", "_").lower()
+        if name in _OWN_JUPYTER_OPTIONS:
+            raise ValueError(
+                f"free of options that jrd sets itself ({arg!r}: set it through jrd's own keys, or not at all)"
+            )
+    return arg
+
+
+# A URL path of plain segments: it reaches nginx.conf, where it matches the login URL.
+_BASE_URL = re.compile(r"^/([A-Za-z0-9._~-]+/)*\Z")
+
+
+def _base_url(value: Any) -> str:
+    if not isinstance(value, str) or not _BASE_URL.match(value):
+        raise ValueError("a URL path that starts and ends with '/', of letters, digits, '.', '_', '~' and '-'")
+    return value
+
+
+def _program(value: Any) -> str:
+    text = _string(value)
+    if not text or text != text.strip():
+        raise ValueError("a program name or path, without leading or trailing blanks")
+    return text
 
 
 # --- schema -----------------------------------------------------------------
@@ -208,16 +321,16 @@ class JupyterConfig:
     user: str = _key(_user_name, "")
     allow_root: bool = _key(_bool, False)
     port: int = _key(_int_range(1, 65535), 8889)
-    extra_args: tuple[str, ...] = _key(_string_list(), ())
-    base_url: str = _key(_string, "/")
+    extra_args: tuple[str, ...] = _key(_string_list(_jupyter_arg), ())
+    base_url: str = _key(_base_url, "/")
     restart_policy: str = _key(_choice("idle", "immediate"), "idle")
     restart_max_wait_seconds: float = _key(_number_range(0, 7 * 86400), 3600.0)
 
 
 @dataclass(frozen=True)
 class NginxConfig:
-    binary: str = _key(_string, "nginx")
-    listen: tuple[str, ...] = _key(_string_list(_listen_address), ("0.0.0.0",))
+    binary: str = _key(_program, "nginx")
+    listen: tuple[str, ...] = _key(_listen_list, ("0.0.0.0",))
     port: int = _key(_int_range(1, 65535), 8888)
     server_names: tuple[str, ...] = _key(_string_list(_dns_name), ())
     client_max_body_size: str = _key(_min_body_size, "1g")
@@ -225,6 +338,8 @@ class NginxConfig:
     worker_shutdown_timeout_seconds: int = _key(_int_range(1, 7 * 86400), 86400)
     gzip: bool = _key(_bool, True)
     http2: bool = _key(_bool, True)
+    login_rate_per_minute: int = _key(_int_range(0, 6000), 10)
+    login_burst: int = _key(_int_range(0, 10000), 20)
 
 
 @dataclass(frozen=True)
@@ -390,17 +505,21 @@ def _check_whole(where: str, config: Config) -> None:
     """Checks that involve more than one key."""
     tls = config.tls
     if (tls.cert_file is None) != (tls.key_file is None):
-        raise ConfigError(f"{where}: [tls] cert_file and key_file must be set together (or both left empty for jrd's own CA)")
+        raise ConfigError(
+            f"{where}: [tls] cert_file and key_file must be set together (or both left empty for jrd's own CA)"
+        )
     if config.metrics.listen:
-        metrics_port = int(config.metrics.listen.rpartition(":")[2])
+        metrics_port = split_host_port(config.metrics.listen)[1]
         for key, port in (("[nginx] port", config.nginx.port), ("[jupyter] port", config.jupyter.port)):
             if metrics_port == port:
                 raise ConfigError(
-                    f"{where}: [metrics] listen = {config.metrics.listen!r} uses the same port as {key}; give metrics its own port"
+                    f"{where}: [metrics] listen = {config.metrics.listen!r} uses the same port as {key}; "
+                    "give metrics its own port"
                 )
     if config.jupyter.port == config.nginx.port:
         raise ConfigError(
-            f"{where}: [jupyter] port = {config.jupyter.port} is the same as [nginx] port; give Jupyter its own loopback port"
+            f"{where}: [jupyter] port = {config.jupyter.port} is the same as [nginx] port; "
+            "give Jupyter its own loopback port"
         )
     if not config.nginx.listen:
         raise ConfigError(f"{where}: [nginx] listen = [] is invalid: it must name at least one address")

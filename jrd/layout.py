@@ -97,8 +97,14 @@ class Layout:
 
     @property
     def nginx_status_socket(self) -> Path:
-        """nginx's stub_status, for jrd's probes and metrics."""
-        return self.nginx_dir / "status.sock"
+        """nginx's stub_status, for jrd's probes and metrics: in supervisord's 0700 dir, out of other users' reach.
+
+        nginx's master binds it (as root when jrd runs as root) before its workers
+        drop to their account; the workers inherit the listening socket, so they
+        never need to reach the path.  nginx makes the socket with the umask's mode
+        (0666 under supervisord): the directory is what keeps other accounts out.
+        """
+        return self.supervisor_dir / "nginx-status.sock"
 
     @property
     def nginx_pid_file(self) -> Path:

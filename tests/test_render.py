@@ -10,7 +10,11 @@ import pytest
 
 from jrd.config import parse_config
 from jrd.layout import Layout
-from jrd.render import Account, RenderInputs, fill, render_all, render_jupyter_config, render_nginx_conf, render_supervisord_conf
+from jrd.render import (
+    Account, RenderInputs, fill, render_all, render_jupyter_config, render_nginx_conf, render_supervisord_conf,
+)
+
+from render_parsers import nginx_args
 
 
 def inputs(toml: str = "", root: bool = True, **kw: object) -> RenderInputs:
@@ -36,6 +40,54 @@ def test_fill_requires_every_value_and_uses_each() -> None:
         fill("a {{x}} {{y}}", x=1)
     with pytest.raises(KeyError):
         fill("a {{x}}", x=1, z=2)
+
+
+def test_fill_fragments_are_kept_or_dropped_whole_and_values_are_not_rescanned() -> None:
+    tmpl = "a\n{{#on}}\nb {{v}}\n{{/on}}\nc\n"
+    assert fill(tmpl, on=True, v="{{x}}") == "a\nb {{x}}\nc\n"
+    assert fill(tmpl, on=False, v=1) == "a\nc\n"
+    with pytest.raises(KeyError):
+        fill(tmpl, v=1)
+
+
+def test_each_template_shows_its_whole_file() -> None:
+    from importlib import resources
+
+    templates = resources.files("jrd.render").joinpath("templates")
+    assert "[eventlistener:jrd-events]" in templates.joinpath("supervisord.conf.tmpl").read_text()
+    nginx = templates.joinpath("nginx.conf.tmpl").read_text()
+    assert "location = /jrd/ca.pem" in nginx and "limit_req_zone" in nginx
+
+
+def test_login_attempts_are_rate_limited_at_nginx_by_default() -> None:
+    conf = render_nginx_conf(inputs('[jupyter]\nbase_url = "/jup/"\n'))
+    assert nginx_args(conf, "limit_req_zone") == [["$jrd_login_key", "zone=jrd_login:1m", "rate=10r/m"]]
+    assert nginx_args(conf, "limit_req") == [["zone=jrd_login", "burst=20", "nodelay"]]
+    assert nginx_args(conf, "limit_req_status") == [["429"]]
+    # Only a POST to the login URL has a key; everything else has "" and is not counted.
+    assert ["POST:/jup/login", "$binary_remote_addr"] in [a for d, a in _map_body(conf)]
+    off = render_nginx_conf(inputs('[nginx]\nlogin_rate_per_minute = 0\n'))
+    assert "limit_req" not in off and "jrd_login" not in off
+
+
+def _map_body(conf: str) -> list[tuple[str, list[str]]]:
+    from render_parsers import nginx_directives
+
+    out, inside = [], False
+    for name, args in nginx_directives(conf):
+        if name == "map" and args[1] == "$jrd_login_key":
+            inside = True
+        elif inside and name == "}":
+            return out
+        elif inside:
+            out.append((name, [name, *args]))
+    return out
+
+
+def test_nginx_status_socket_is_in_a_private_directory() -> None:
+    layout = Layout(Path("/s"), Path("/r"), Path("/l"))
+    assert layout.nginx_status_socket.parent == layout.supervisor_dir  # made 0700 by prepare.make_dirs
+    assert nginx_args(render_nginx_conf(inputs()), "listen")[-1] == [f"unix:{layout.nginx_status_socket}"]
 
 
 def test_nginx_conf_follows_the_field_notes() -> None:

@@ -1,0 +1,63 @@
+"""jupyter_server_config.py: Python source, so every value is written with `repr`."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+from jrd.render.base import RenderInputs, fill, source_name, template
+
+
+def jupyter_root_dir(inp: RenderInputs) -> Path:
+    return inp.config.jupyter.root_dir or inp.jupyter_account.home
+
+
+def jupyter_command(inp: RenderInputs) -> list[str]:
+    cfg = inp.config.jupyter
+    return [
+        str(inp.jupyter_executable),
+        cfg.app,
+        f"--config={inp.layout.jupyter_conf}",
+        *cfg.extra_args,
+    ]
+
+
+def jupyter_environment(inp: RenderInputs) -> dict[str, str]:
+    acct = inp.jupyter_account
+    venv_bin = inp.python_executable.parent
+    return {
+        "HOME": str(acct.home),
+        "USER": acct.name,
+        "LOGNAME": acct.name,
+        "SHELL": "/bin/bash",
+        "PATH": f"{venv_bin}:/usr/local/bin:/usr/bin:/bin",
+        "JUPYTER_RUNTIME_DIR": str(inp.layout.jupyter_dir / "runtime"),
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def render_jupyter_config(inp: RenderInputs) -> str:
+    cfg = inp.config
+    dns = tuple(h for h in cfg.accepted_hosts if not _is_ip(h))
+    remote_ips = any(not ipaddress.ip_address(h).is_loopback for h in cfg.accepted_hosts if _is_ip(h))
+    return fill(
+        template("jupyter_server_config.py.tmpl"),
+        source=source_name(inp),
+        port=int(cfg.jupyter.port),
+        root_dir=repr(str(jupyter_root_dir(inp))),
+        base_url=repr(cfg.jupyter.base_url),
+        display_url=repr(cfg.url),
+        local_hostnames=repr(list(dns)),
+        allow_remote_access=repr(remote_ips),
+        hashed_password=repr(inp.hashed_password),
+        token=repr(inp.internal_token),
+        allow_root=repr(cfg.jupyter.allow_root),
+    )
