@@ -576,9 +576,3 @@ def resolve_config(path: Path | None, dev: bool, cwd: Path | None = None) -> Con
 
 def running_as_root() -> bool:
     return os.geteuid() == 0
-
-
-def split_host_port(text: str) -> tuple[str, int]:
-    """'127.0.0.1:9839' or '[::1]:9839' -> (host without brackets, port); the one host:port parser."""
-    host, _, port = text.rpartition(":")
-    return host.strip("[]"), int(port)

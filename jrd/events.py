@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shlex
 import socket
 import sys
 import threading
@@ -28,6 +27,7 @@ from jrd import logs, states
 from jrd.extension import Context, Extension
 from jrd.fsutil import ensure_dir
 from jrd.render import RenderInputs
+from jrd.render.supervisord import supervisor_command
 
 log = logging.getLogger("jrd")
 
@@ -76,9 +76,8 @@ class ProgramEvents(Extension):
         self._sock, self._path = sock, path
 
     def contribute(self, inputs: RenderInputs) -> RenderInputs:
-        command = shlex.join([str(self._python), "-m", LISTENER_MODULE, str(inputs.layout.events_socket)])
-        # supervisord expands %(name)s in commands: a literal % is written %%.
-        return replace(inputs, event_listener_command=command.replace("%", "%%"))
+        command = supervisor_command([str(self._python), "-m", LISTENER_MODULE, str(inputs.layout.events_socket)])
+        return replace(inputs, event_listener_command=command)
 
     def start(self, ctx: Context) -> None:
         self._ctx = ctx

@@ -391,7 +391,7 @@ class MetricsServer(Extension):
         self.collector = JrdCollector(ctx)
         self.registry = build_registry(self.collector)
         host, port = split_host_port(listen)
-        self._server, self._thread = start_http_server(port, addr={"*": "0.0.0.0"}.get(host, host), registry=self.registry)
+        self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
         self.address = (host, self._server.server_port)
         log.info("serving Prometheus metrics at http://%s/metrics", listen)
 
