@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -82,19 +83,28 @@ def test_check_accepts_a_good_config_and_creates_nothing(make_jrd) -> None:  # t
     assert not j.state.exists() and not j.run_dir.exists() and not j.notebooks.exists()
 
 
-def test_check_shows_nginx_message_when_nginx_rejects(make_jrd) -> None:  # type: ignore[no-untyped-def]
+def rejecting_nginx(where: Path) -> Path:
+    """A real nginx that refuses every config it is given: what jrd's validators cannot foresee."""
+    wrapper = where / "nginx-rejecting"
+    real = shutil.which("nginx") or "/usr/sbin/nginx"
+    wrapper.write_text(f"#!/bin/sh\nexec {real} -g 'jrd_unforeseen_directive on;' \"$@\"\n")
+    wrapper.chmod(0o755)
+    return wrapper
+
+
+def test_check_shows_nginx_message_when_nginx_rejects(make_jrd, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     j: Jrd = make_jrd()
-    j.write_config(nginx='client_max_body_size = "99999999999999999999g"\n')
+    j.write_config(nginx=f'binary = "{rejecting_nginx(tmp_path)}"\n')
     res = j.jrd("check")
     assert res.returncode == 4
     assert "nginx rejected the rendered config" in res.stderr
-    assert "client_max_body_size" in res.stderr  # nginx's own words
+    assert "jrd_unforeseen_directive" in res.stderr  # nginx's own words
     assert "Traceback" not in res.stderr
 
 
-def test_run_with_config_nginx_rejects_starts_nothing(make_jrd) -> None:  # type: ignore[no-untyped-def]
+def test_run_with_config_nginx_rejects_starts_nothing(make_jrd, tmp_path: Path) -> None:  # type: ignore
     j: Jrd = make_jrd()
-    j.write_config(nginx='client_max_body_size = "99999999999999999999g"\n')
+    j.write_config(nginx=f'binary = "{rejecting_nginx(tmp_path)}"\n')
     j.set_password()
     res = j.jrd("run")
     assert res.returncode == 4
