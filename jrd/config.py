@@ -366,6 +366,9 @@ class HealthConfig:
     interval_seconds: float = _key(_number_range(1, 3600), 15.0)
     timeout_seconds: float = _key(_number_range(0.5, 300), 10.0)
     failure_threshold: int = _key(_int_range(1, 100), 4)
+    crash_loop_restarts: int = _key(_int_range(2, 100), 3)
+    crash_loop_window_seconds: float = _key(_number_range(1, 3600), 60.0)
+    backoff_max_seconds: float = _key(_number_range(1, 3600), 300.0)
 
 
 @dataclass(frozen=True)

@@ -14,18 +14,20 @@ handlers only post.  The parts, each in its own module:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import os
 import signal
+import subprocess
 import threading
 import time
 from typing import Any, Callable
 
-from jrd import __version__, certs, logs, nginx, passwords, preflight, processes, serving, states
+from jrd import __version__, certs, nginx, passwords, preflight, processes, serving, states
 from jrd.build import build_to_run, install
 from jrd.config import Config, load_config
-from jrd.errors import Interrupted, JrdError, SupervisorError
+from jrd.errors import Interrupted, SupervisorError
 from jrd.extension import Context, Extension
 from jrd.fsutil import ensure_dir
 from jrd.jupyter import JupyterClient
@@ -33,14 +35,18 @@ from jrd.layout import Layout
 from jrd.ledger import Ledger
 from jrd.loop import Command, CommandBus, Timers
 from jrd.programs import Jupyter, Nginx, Program
+from jrd.operations import Operations
 from jrd.reload import Reloader, Running
 from jrd.render import RenderInputs
 from jrd.renewal import CertManager
 from jrd.sdnotify import notify, watchdog_interval
-from jrd.supervision import SUPERVISE_INTERVAL, Supervision
+from jrd.supervision import SUPERVISE_INTERVAL, CrashLoop, Supervision
 from jrd.supervisor import Supervisor, become_subreaper, launch_supervisord, stop_supervisord
 
 log = logging.getLogger("jrd")
+
+# `jrdctl status` asks through nginx at once; a hung nginx costs it this long.
+STATUS_PROBE_TIMEOUT = 2.0
 
 
 class Daemon:
@@ -67,7 +73,8 @@ class Daemon:
         self.timers = Timers(clock)
         self.ledger = Ledger()
         self.supervisor = Supervisor(self.layout.supervisor_socket)
-        self.supervision = Supervision(self.supervisor, self.layout, clock)
+        self.supervision = Supervision(self.supervisor, self.layout, self.ledger, self._launch_supervisord, clock,
+                                       CrashLoop.from_config(config.health))
         self.certificates = CertManager(wall=wall)
         self.lock = preflight.InstanceLock(self.layout.lock_file)
         self.jupyter_api = JupyterClient(lambda: self.running.config)
@@ -80,6 +87,11 @@ class Daemon:
             nginx=self.nginx, jupyter=self.jupyter, certificates=self.certificates, contribute=self._contribute,
             config_changed=self._config_changed, tls_changed=self._schedule_cert_check, wall=wall,
         )
+        self.operations = Operations(
+            programs=self.programs, ledger=self.ledger, reloader=self.reloader, certificates=self.certificates,
+            layout=self.layout, jupyter_api=self.jupyter_api, config=lambda: self.running.config,
+            post=self.bus.post, after_cert_check=self._schedule_cert_check,
+        )
         # Set by SIGTERM/SIGINT too, so that a start still waiting can give up at once.
         self.stop_requested = threading.Event()
         self.context = Context(
@@ -89,6 +101,8 @@ class Daemon:
             wait_serving=self.wait_serving_answer, certificate_status=self.certificate_status,
         )
         self.bus.add_handler("shutdown", self._on_shutdown)
+        self.bus.add_handler("supervise", lambda cmd: self.supervision.tick())
+        self.bus.add_handler("serving_result", lambda cmd: self._record_serving(cmd.args["serving"]))
         for name, handler in self._control_handlers().items():
             self.bus.add_handler(name, handler)
 
@@ -97,16 +111,17 @@ class Daemon:
         def reply(cmd: Command) -> bool:
             return cmd.reply is not None
 
+        ops = self.operations
         return {
             "status": lambda c: self.status(),
-            "restart": lambda c: self.restart(c.args.get("program", "all"), c.args.get("reason", states.REASON_REQUESTED)),
-            "start": lambda c: self.start_program(c.args.get("program", "all")),
-            "stop": lambda c: self.stop_program(c.args.get("program", "all")),
-            "reload": lambda c: self.reload(c.source, reply(c)),
-            "renew_cert": lambda c: self.renew_cert(bool(c.args.get("force")), reply(c)),
-            "passwd": lambda c: self.passwd(c.args["hashed"], c.source),
-            "kernels": lambda c: self.kernels(),
-            "logs": lambda c: self.logs(c.args["program"], c.args.get("offset"), c.args.get("lines", 50)),
+            "restart": lambda c: ops.restart(c.args.get("program", "all"), c.args.get("reason", states.REASON_REQUESTED)),
+            "start": lambda c: ops.start_program(c.args.get("program", "all")),
+            "stop": lambda c: ops.stop_program(c.args.get("program", "all")),
+            "reload": lambda c: ops.reload(c.source, reply(c)),
+            "renew_cert": lambda c: ops.renew_cert(bool(c.args.get("force")), reply(c)),
+            "passwd": lambda c: ops.passwd(c.args["hashed"], c.source),
+            "kernels": lambda c: ops.kernels(),
+            "logs": lambda c: ops.logs(c.args["program"], c.args.get("offset"), c.args.get("lines", 50)),
         }
 
     @property
@@ -146,6 +161,7 @@ class Daemon:
         cfg, layout = self.config, self.layout
         ensure_dir(layout.runtime_dir, 0o755, force=False)
         self.lock.acquire()
+        preflight.clear_previous_run(layout)
         preflight.check_ports(cfg)
         password_note = passwords.ensure_initial_password(layout.password_file, layout.initial_password_file,
                                                           self._show_password)
@@ -163,14 +179,14 @@ class Daemon:
             log.warning("jrd and Jupyter run as the same account, so notebooks can read the CA key in %s; "
                         "run jrd as root to keep it apart (see README, Trusting the CA)", layout.tls_dir)
         become_subreaper()
-        self.supervision.supervisord = launch_supervisord(layout.supervisord_conf)
-        self.supervisor.wait_ready(self._clock() + 30, alive=self.supervision.supervisord,
-                                   cancelled=self.stop_requested)
+        self.supervision.supervisord = self._launch_supervisord()
         for ext in self.extensions:
             ext.start(self.context)
         self.wait_serving(self._clock() + serving.STARTUP_TIMEOUT)
         self._schedule_cert_check()
         self.timers.schedule("supervise", SUPERVISE_INTERVAL, self._supervise)
+        self._record_serving(serving.Serving(True, time.time()), announce=False)
+        self.timers.schedule("serving", cfg.health.interval_seconds, self._check_serving)
         host = cfg.local_probe_host if ":" not in cfg.local_probe_host else f"[{cfg.local_probe_host}]"
         local = cfg.url.replace(cfg.url.split("/")[2], f"{host}:{cfg.nginx.port}")
         self._announce(f"jrd {__version__} is serving JupyterLab at {cfg.url} (from this machine: {local})")
@@ -214,12 +230,22 @@ class Daemon:
         self.lock.release()
 
     # --- parts of start -------------------------------------------------------------
+    def _launch_supervisord(self) -> subprocess.Popen[bytes]:
+        proc = launch_supervisord(self.layout.supervisord_conf)
+        try:
+            self.supervisor.wait_ready(self._clock() + 30, alive=proc, cancelled=self.stop_requested)
+        except BaseException:
+            self.supervision.supervisord = proc  # so that stop() ends it
+            raise
+        return proc
+
     def _contribute(self, inputs: RenderInputs) -> RenderInputs:
         for ext in self.extensions:
             inputs = ext.contribute(inputs)
         return inputs
 
     def _config_changed(self, old: Config, new: Config) -> None:
+        self.supervision.policy.follow(new.health)
         for ext in self.extensions:
             try:
                 ext.config_changed(old, new)
@@ -241,6 +267,29 @@ class Daemon:
     def wait_serving(self, deadline: float) -> None:
         serving.wait_serving(self.config, self.supervisor, self.layout, deadline, self.stop_requested, self._clock)
 
+    def _check_serving(self) -> None:
+        """Probe through nginx in a thread (a hung nginx must not hold the loop); the result comes back queued."""
+        config = self.config
+
+        def run() -> None:
+            self.bus.post("serving_result", "probe", serving=serving.check(config, config.health.timeout_seconds))
+
+        threading.Thread(target=run, name="jrd-probe-serving", daemon=True).start()
+        self.timers.schedule("serving", config.health.interval_seconds, self._check_serving)
+
+    def _record_serving(self, result: serving.Serving, announce: bool = True) -> None:
+        if self.ledger.record_serving(result) and announce:
+            if result.ok:
+                log.info("serving again: Jupyter answers through nginx")
+            else:
+                log.error("NOT serving: Jupyter does not answer through nginx (%s)", result.error)
+        notify("STATUS=" + serving.status_line(self.config, result, self._crash_loops()))
+
+    def _crash_loops(self) -> dict[str, dict[str, Any]]:
+        now = self._clock()
+        loops = {name: self.supervision.status(name, now) for name in states.PROGRAMS}
+        return {name: loop for name, loop in loops.items() if loop}
+
     def wait_serving_answer(self, deadline: float) -> dict[str, Any]:
         return serving.wait_serving_answer(self.config, self.supervisor, self.layout, deadline, self.stop_requested,
                                            self._clock)
@@ -255,89 +304,12 @@ class Daemon:
         inputs = self.running.inputs
         return self.certificates.status(self.config, self.layout, inputs.cert_file if inputs else None)
 
-    # --- what jrdctl asks (jrd.control.commands.ControlTarget); on the main loop ----------
-    def _names(self, program: str) -> list[str]:
-        return list(states.PROGRAMS) if program == "all" else [program]
-
-    def _pids(self, names: list[str], before: dict[str, int | None] | None = None) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        restarts = self.ledger.snapshot()
-        for name in names:
-            try:
-                info = self.programs[name].info()
-                pid, state = info.pid or None, info.state
-            except SupervisorError:
-                pid, state = None, states.UNKNOWN
-            out[name] = {"pid": pid, "state": state, "restarts": restarts.restarts_of(name)}
-            if before is not None:
-                out[name]["pid_before"] = before.get(name)
-        return out
-
-    def _act(self, verb: str, program: str, act: Callable[[Program], None]) -> dict[str, Any]:
-        names = self._names(program)
-        before = {n: p["pid"] for n, p in self._pids(names).items()}
-        for name in names:
-            act(self.programs[name])
-        return {verb: names, "programs": self._pids(names, before)}
-
-    def restart(self, program: str, reason: str = states.REASON_REQUESTED) -> dict[str, Any]:
-        if reason not in states.RESTART_REASONS:
-            raise JrdError(f"unknown restart reason {reason!r}; valid reasons are: {', '.join(states.RESTART_REASONS)}")
-        return self._act("restarted", program, lambda p: p.restart(reason))
-
-    def start_program(self, program: str) -> dict[str, Any]:
-        return self._act("started", program, Program.start)
-
-    def stop_program(self, program: str) -> dict[str, Any]:
-        return self._act("stopped", program, Program.stop)
-
-    def reload(self, source: str, reply_expected: bool = True) -> dict[str, Any]:
-        return self.reloader.run(source, reply_expected)
-
-    def renew_cert(self, force: bool, reply_expected: bool = True) -> dict[str, Any]:
-        """Renew the leaf if due (or forced); only nginx reloads, never Jupyter."""
-        try:
-            if self.config.external_tls:
-                state = self.certificates.check_external(self.config)
-                if state.get("changed"):
-                    # The file watcher normally reloads on a change; this catches a missed event.
-                    self.bus.post("reload", "certificate check")
-                return {"renewed": False, "reason": "certificates are external; their owner renews them", **state}
-            return self.certificates.renew(self.config, self.layout, force=force, reload_nginx=self.nginx.reload)
-        except JrdError:
-            if reply_expected:
-                raise
-            # The manager has counted and logged the failure once; a timer has no one to tell.
-            return {"renewed": False, "error": self.certificates.record.last_error}
-        finally:
-            self._schedule_cert_check()
-
-    def passwd(self, hashed: str, source: str) -> dict[str, Any]:
-        """Store a new login password hash (made by the client), then apply it through the reload path."""
-        if not hashed.startswith("argon2:") or len(hashed) > 1024 or not hashed.isprintable():
-            raise JrdError("passwd needs an argon2 hash from jupyter_server.auth.passwd; nothing was changed")
-        passwords.write_password_hash(self.layout.password_file, hashed)
-        self.layout.initial_password_file.unlink(missing_ok=True)
-        log.info("login password changed (%s)", source)
-        try:
-            return self.reload(source)
-        except JrdError as exc:
-            raise JrdError(
-                f"the new password is saved in {self.layout.password_file} but not applied yet: {exc}") from None
-
-    def kernels(self) -> dict[str, int]:
-        """How many kernels Jupyter has, and how many are executing."""
-        try:
-            return self.jupyter_api.kernel_counts()
-        except JrdError as exc:
-            log.debug("could not list kernels (%s)", exc)
-            raise JrdError("Jupyter did not list its kernels; see `jrdctl logs jupyter`") from None
-
-    def logs(self, program: str, offset: int | None, lines: int) -> dict[str, Any]:
-        return logs.read_log(self.layout.log_file(program), offset, lines)
-
+    # --- status -------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
+        """Everything `jrdctl status` shows; whether jrd serves is asked now, through nginx."""
+        self._record_serving(serving.check(self.config, STATUS_PROBE_TIMEOUT))
         snap = self.ledger.snapshot()
+        loops = self._crash_loops()
         procs: dict[str, Any] = {}
         try:
             for name, info in self.supervisor.processes().items():
@@ -345,6 +317,8 @@ class Daemon:
                     "state": info.state, "pid": info.pid or None, "uptime_seconds": round(info.uptime, 1),
                     "restarts": snap.restarts_of(name),
                 }
+                if name in loops:
+                    procs[name]["crash_loop"] = loops[name]
             supervisor_ok = True
         except SupervisorError as exc:
             supervisor_ok = False
@@ -356,6 +330,7 @@ class Daemon:
             "url": self.config.url,
             "config": str(self.config.source) if self.config.source else None,
             "supervisor": supervisor_ok,
+            "serving": dataclasses.asdict(snap.serving) if snap.serving else None,
             "programs": procs,
             "certificates": self.certificate_status(),
             "reload": {

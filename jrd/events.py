@@ -38,6 +38,8 @@ CRASH_FROM_STATES = ("EXITED", "BACKOFF")
 MAX_DATAGRAM = 4096
 _STOP = b"stop"
 LISTENER_MODULE = "jrd.event_listener"
+# Events after which jrd supervises at once rather than at its next tick.
+SUPERVISE_NOW = ("PROCESS_STATE_STARTING", "PROCESS_STATE_FATAL", "PROCESS_STATE_EXITED")
 
 
 # --- the pure part ----------------------------------------------------------------
@@ -114,6 +116,9 @@ class ProgramEvents(Extension):
         if reason:
             ctx.ledger.count_restart(program, reason)
             log.info("%s restarted by supervisord (%s)", program, reason)
+        if event.get("eventname") in SUPERVISE_NOW and program in states.PROGRAMS:
+            # Look at once: a crash loop is held back, orphaned kernels ended, without waiting for the timer.
+            ctx.submit("supervise", "supervisord")
         return reason
 
     def stop(self) -> None:

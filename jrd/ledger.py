@@ -28,12 +28,22 @@ class ReloadRecord:
 
 
 @dataclass(frozen=True)
+class Serving:
+    """Whether Jupyter answered through nginx, the way a browser reaches it, and when that was asked."""
+
+    ok: bool
+    checked_at: float
+    error: str = ""
+
+
+@dataclass(frozen=True)
 class Snapshot:
     started_at: float
     restarts: Mapping[tuple[str, str], int]
     reloads: ReloadRecord
     probes: Mapping[str, "ProbeOutcome"]
     probe_failures: Mapping[str, int]
+    serving: Serving | None = None
 
     def restarts_of(self, program: str) -> int:
         return sum(n for (p, _), n in self.restarts.items() if p == program)
@@ -47,6 +57,7 @@ class Ledger:
     _reloads: ReloadRecord = field(default_factory=ReloadRecord)
     _probes: dict[str, "ProbeOutcome"] = field(default_factory=dict)
     _probe_failures: dict[str, int] = field(default_factory=dict)
+    _serving: Serving | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -69,6 +80,13 @@ class Ledger:
             self._probes[outcome.program] = outcome
             self._probe_failures[outcome.program] = failures
 
+    def record_serving(self, serving: Serving) -> bool:
+        """Keep the latest serving check; whether it changed from serving to not, or back."""
+        with self._lock:
+            changed = self._serving is None or self._serving.ok != serving.ok
+            self._serving = serving
+            return changed
+
     def snapshot(self) -> Snapshot:
         with self._lock:
             return Snapshot(
@@ -77,4 +95,5 @@ class Ledger:
                 reloads=self._reloads,
                 probes=MappingProxyType(dict(self._probes)),
                 probe_failures=MappingProxyType(dict(self._probe_failures)),
+                serving=self._serving,
             )

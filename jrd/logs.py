@@ -46,3 +46,19 @@ def tail(path: Path, lines: int = 3) -> str:
         text = ""
     joined = " | ".join(line.strip() for line in text.splitlines()) or "no output"
     return f"{joined} (full log: {path})"
+
+
+_ERROR_WORDS = ("[emerg]", "[crit]", "[alert]", "[error]", "Error", "error:", "failed", "Traceback")
+
+
+def last_error(path: Path, lines: int = 200) -> str:
+    """The last line of a log that looks like an error (else its last line); '' for an empty log."""
+    try:
+        text = read_log(path, None, lines)["text"]
+    except JrdError:
+        return ""
+    kept = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in reversed(kept):
+        if any(word in line for word in _ERROR_WORDS):
+            return line[:300]
+    return kept[-1][:300] if kept else ""

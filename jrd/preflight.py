@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
 import pwd
 import socket
 import sys
 from pathlib import Path
 
+from jrd import leftovers
 from jrd.config import Config, split_host_port
 from jrd.errors import ConfigError, PreflightError
+from jrd.layout import Layout
 from jrd.render import Account
+
+log = logging.getLogger("jrd")
 
 
 class InstanceLock:
@@ -48,6 +53,27 @@ class InstanceLock:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def clear_previous_run(layout: Layout, grace: float = 15.0) -> list[int]:
+    """End what an earlier jrd on these directories left running, and its stale sockets; the PIDs ended.
+
+    Call it holding the instance lock: then no live jrd owns these processes.
+    A jrd killed outright leaves supervisord stopping its programs (it gets
+    SIGTERM when jrd dies), or, if that was killed too, the programs themselves.
+    """
+    pids = leftovers.mentioning(str(layout.runtime_dir) + "/")
+    master = leftovers.read_pid(layout.nginx_pid_file)
+    if master is not None:
+        pids += [p for p in leftovers.in_group(master, "nginx") if p not in pids]
+    if pids:
+        log.warning("ending %d process(es) left by an earlier jrd on %s: %s", len(pids), layout.runtime_dir,
+                    " ".join(map(str, sorted(pids))))
+        leftovers.terminate(pids, grace)
+    for sock in (layout.supervisor_socket, layout.events_socket, layout.nginx_status_socket):
+        leftovers.remove_stale_socket(sock)
+    layout.nginx_pid_file.unlink(missing_ok=True)
+    return pids
 
 
 def check_ports(config: Config) -> None:

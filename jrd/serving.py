@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any, Callable
 
 from jrd import logs, probe, states
 from jrd.config import Config
 from jrd.errors import Interrupted, StartupError
+from jrd.ledger import Serving
 from jrd.layout import Layout
 from jrd.supervisor import Supervisor
 
@@ -18,6 +20,22 @@ def probe_through_nginx(config: Config, timeout: float) -> probe.ProbeResult:
     """GET Jupyter's /api through nginx over HTTPS on this machine."""
     return probe.get(config.local_probe_host, config.nginx.port, config.jupyter.base_url + "api", tls=True,
                      timeout=timeout)
+
+
+def check(config: Config, timeout: float) -> Serving:
+    """Ask once, now: does Jupyter answer through nginx?"""
+    at = time.time()
+    result = probe_through_nginx(config, timeout)
+    return Serving(result.ok, at, "" if result.ok else (result.error or f"HTTP {result.status} through nginx"))
+
+
+def status_line(config: Config, serving: Serving, crash_loops: dict[str, dict[str, Any]]) -> str:
+    """systemd's STATUS= line: serving or not, and any crash loop."""
+    if serving.ok:
+        return f"serving {config.url}"
+    loops = "; ".join(f"{name}: crash loop, next try in {loop['next_try_in']:.0f} s"
+                      for name, loop in crash_loops.items())
+    return f"NOT serving {config.url}: {serving.error}" + (f" ({loops})" if loops else "")
 
 
 def wait_serving(config: Config, supervisor: Supervisor, layout: Layout, deadline: float,

@@ -1,11 +1,19 @@
-"""Keeping the stack up: what jrd does on its own when a program is down for good.
+"""Keeping the stack up, whatever kills a part of it.
 
-supervisord restarts a program that dies, but gives up after `startretries`
-quick failures (FATAL) and never tries again by itself.  Every few seconds
-jrd looks: a FATAL program is started again with exponential backoff
-(`FatalRetry`), which resets once the program runs; kernels orphaned by a
-dead Jupyter are ended (`processes.StrayReaper`); and if supervisord itself
-is gone, jrd exits non-zero so that systemd restarts the whole stack clean.
+supervisord restarts a program that dies, but a program that dies again and
+again spins (a stale socket, a port someone else took), and after
+`startretries` quick failures supervisord gives up (FATAL) for good.  So
+jrd watches from above, every few seconds and at once after each crash
+event:
+
+* `CrashLoop` (pure): a program that crashed `crash_loop_restarts` times
+  within the window, or that supervisord calls FATAL, is held stopped and
+  started again after 1 s, 2 s, 4 s, ... at most `[health]
+  backoff_max_seconds`, for ever; once it has run for a minute its backoff
+  starts over.
+* supervisord itself dead: jrd ends what it left (its programs, now
+  reparented to jrd as subreaper) and starts it again, under the same backoff.
+* kernels orphaned by a dead Jupyter are ended (`processes.StrayReaper`).
 """
 
 from __future__ import annotations
@@ -14,92 +22,161 @@ import logging
 import subprocess
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 from jrd import logs, processes, states
 from jrd.backoff import backoff_delay
+from jrd.config import HealthConfig
 from jrd.errors import SupervisorError
 from jrd.layout import Layout
+from jrd.ledger import Ledger
 from jrd.supervisor import ProcessInfo, Supervisor
 
 log = logging.getLogger("jrd")
 
 SUPERVISE_INTERVAL = 5.0
-# Backoff for programs that supervisord gave up on (FATAL): 30 s, doubling, at most 10 min.
-FATAL_RETRY_FIRST = 30.0
-FATAL_RETRY_MAX = 600.0
+BACKOFF_FIRST = 1.0
+# A program that has run this long is well again: its backoff starts over.
+STABLE_SECONDS = 60.0
+SUPERVISORD = "supervisord"
+
+HOLD = "hold"
+START = "start"
 
 
 @dataclass
-class FatalRetry:
-    """When to start a FATAL program again: at once, then after 30 s, 60 s, ... at most `cap`."""
+class _Loop:
+    crashes: list[float] = field(default_factory=list)  # times of recent crashes
+    loops: int = 0  # holds since the program last ran stably
+    held_until: float | None = None
+    held_after: int = 0  # crashes that led to the current hold
 
-    first: float = FATAL_RETRY_FIRST
-    cap: float = FATAL_RETRY_MAX
-    _tries: dict[str, int] = field(default_factory=dict)
-    _next: dict[str, float] = field(default_factory=dict)
 
-    def due(self, name: str, state: str, now: float) -> float | None:
-        """The wait until the try after this one, when a try is due now; None otherwise."""
-        if state == states.RUNNING:
-            self.reset(name)
+@dataclass
+class CrashLoop:
+    """When a crashing program is held back, and when it is tried again; pure, clock passed in."""
+
+    restarts: int = 3
+    window: float = 60.0
+    cap: float = 300.0
+    first: float = BACKOFF_FIRST
+    stable: float = STABLE_SECONDS
+    _state: dict[str, _Loop] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, health: HealthConfig) -> "CrashLoop":
+        return cls(health.crash_loop_restarts, health.crash_loop_window_seconds, health.backoff_max_seconds)
+
+    def follow(self, health: HealthConfig) -> None:
+        self.restarts, self.window, self.cap = (
+            health.crash_loop_restarts, health.crash_loop_window_seconds, health.backoff_max_seconds)
+
+    def note_crashes(self, name: str, count: int, now: float) -> None:
+        self._state.setdefault(name, _Loop()).crashes.extend([now] * count)
+
+    def step(self, name: str, state: str, uptime: float, now: float) -> str | None:
+        """HOLD (stop it and wait), START (the wait is over), or None."""
+        s = self._state.setdefault(name, _Loop())
+        if s.held_until is not None:
+            if now < s.held_until:
+                return None
+            s.held_until = None
+            return START
+        s.crashes = [t for t in s.crashes if now - t < self.window]
+        if state == states.FATAL or len(s.crashes) >= self.restarts:
+            s.loops += 1
+            s.held_after, s.crashes = len(s.crashes), []
+            s.held_until = now + backoff_delay(s.loops, self.first, self.cap)
+            return HOLD
+        if state == states.RUNNING and uptime >= self.stable and s.loops:
+            s.loops = 0
+        return None
+
+    def held(self, name: str, now: float) -> dict[str, Any] | None:
+        """The hold in force for `name`: crashes that caused it and the wait left; None when not held."""
+        s = self._state.get(name)
+        if s is None or s.held_until is None:
             return None
-        if state != states.FATAL or now < self._next.get(name, now):
-            return None
-        tries = self._tries.get(name, 0) + 1
-        self._tries[name] = tries
-        wait = backoff_delay(tries, self.first, self.cap)
-        self._next[name] = now + wait
-        return wait
-
-    def reset(self, name: str) -> None:
-        self._tries.pop(name, None)
-        self._next.pop(name, None)
-
-
-class SupervisordGone(SystemExit):
-    """supervisord exited under jrd; jrd exits non-zero so that its own supervisor starts it clean."""
+        return {"restarts": s.held_after, "window_seconds": self.window,
+                "next_try_in": round(max(0.0, s.held_until - now), 1)}
 
 
 @dataclass
 class Supervision:
     supervisor: Supervisor
     layout: Layout
+    ledger: Ledger
+    relaunch: Callable[[], subprocess.Popen[bytes]]
     clock: Callable[[], float] = time.monotonic
-    retry: FatalRetry = field(default_factory=FatalRetry)
+    policy: CrashLoop = field(default_factory=CrashLoop)
     strays: processes.StrayReaper = field(default_factory=processes.StrayReaper)
     supervisord: subprocess.Popen[bytes] | None = None
+    _crashes_seen: dict[str, int] = field(default_factory=dict)
+    _death_noted: bool = False
 
     def tick(self) -> None:
-        """One look at the stack; raises SupervisordGone if supervisord died."""
-        proc = self.supervisord
-        if proc is not None and proc.poll() is not None:
-            raise SupervisordGone(
-                f"jrd: supervisord exited unexpectedly (status {proc.returncode}); "
-                f"see {self.layout.log_dir}/supervisord.log"
-            )
+        """One look at the stack: supervisord, crash loops, orphaned kernels."""
+        now = self.clock()
+        if not self._supervisord_alive(now):
+            return
         try:
             procs = self.supervisor.processes()
         except SupervisorError as exc:
             log.warning("%s", exc)
             return
-        self._retry_fatal(procs)
-        exclude = {proc.pid} if proc is not None else set()
-        for pid in self.strays.sweep(exclude):
-            log.info("ended orphaned process %d (a kernel whose Jupyter is gone)", pid)
-
-    def _retry_fatal(self, procs: dict[str, ProcessInfo]) -> None:
-        now = self.clock()
+        counts = self.ledger.snapshot().restarts
         for name in states.PROGRAMS:
             info = procs.get(name)
             if info is None:
                 continue
-            wait = self.retry.due(name, info.state, now)
-            if wait is None:
-                continue
-            log.error("%s gave up starting (FATAL): %s; trying again now, then in %.0f s",
-                      name, logs.tail(self.layout.log_file(name)), wait)
-            try:
+            crashes = counts.get((name, states.REASON_CRASH), 0)
+            self.policy.note_crashes(name, crashes - self._crashes_seen.get(name, 0), now)
+            self._crashes_seen[name] = crashes
+            self._act(name, info, self.policy.step(name, info.state, info.uptime, now))
+        exclude = {self.supervisord.pid} if self.supervisord is not None else set()
+        for pid in self.strays.sweep(exclude):
+            log.info("ended orphaned process %d (a kernel whose Jupyter is gone)", pid)
+
+    def _act(self, name: str, info: ProcessInfo, action: str | None) -> None:
+        try:
+            if action == HOLD:
+                hold = self.policy.held(name, self.clock()) or {}
+                why = "supervisord gave up on it (FATAL)" if info.state == states.FATAL else \
+                    f"{hold.get('restarts')} crashes in {hold.get('window_seconds', 0):.0f} s"
+                log.error("%s: crash loop, %s; holding it stopped, next try in %.0f s; last error: %s",
+                          name, why, hold.get("next_try_in", 0), logs.last_error(self.layout.log_file(name)))
+                if info.state in states.STOPPABLE_STATES:
+                    self.supervisor.stop(name)
+            elif action == START:
+                log.info("%s: trying again after its crash loop", name)
                 self.supervisor.start(name, wait=False)
-            except SupervisorError as exc:
-                log.error("%s", exc)
+        except SupervisorError as exc:
+            log.error("%s", exc)
+
+    def _supervisord_alive(self, now: float) -> bool:
+        """True if supervisord runs; if it died, start it again (under the backoff) and return False."""
+        proc = self.supervisord
+        if proc is None or proc.poll() is None:
+            return True
+        if not self._death_noted:
+            log.error("supervisord exited unexpectedly (status %s); ending what it left and starting it again "
+                      "(see %s/supervisord.log)", proc.returncode, self.layout.log_dir)
+            self.policy.note_crashes(SUPERVISORD, 1, now)
+            self._death_noted = True
+        if self.policy.step(SUPERVISORD, states.EXITED, 0.0, now) == HOLD:
+            hold = self.policy.held(SUPERVISORD, now) or {}
+            log.error("supervisord: crash loop; next try in %.0f s", hold.get("next_try_in", 0))
+        if self.policy.held(SUPERVISORD, now) is not None:
+            return False
+        # Its programs were reparented to jrd (a subreaper): end them, so that none holds a port.
+        processes.reap_all(grace=5.0)
+        self._death_noted = False
+        self.supervisord = self.relaunch()
+        return False
+
+    def status(self, name: str, now: float) -> dict[str, Any] | None:
+        """The crash loop of `name` for `jrdctl status`, or None."""
+        held = self.policy.held(name, now)
+        if held is None:
+            return None
+        return {**held, "last_error": logs.last_error(self.layout.log_file(name))}

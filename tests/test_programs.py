@@ -17,7 +17,7 @@ from jrd.ledger import Ledger
 from jrd.loop import Timers
 from jrd.programs import IDLE_POLL, RESTART_TIMER, Jupyter, Nginx
 from jrd.reload_plan import JupyterBaseline
-from jrd.supervision import FatalRetry, Supervision
+from jrd.supervision import HOLD, START, CrashLoop, Supervision
 
 
 class Clock:
@@ -213,29 +213,71 @@ def test_an_asked_restart_applies_the_pending_one_and_reports_failure() -> None:
         jupyter.restart(states.REASON_REQUESTED)
 
 
-# --- FATAL retries -----------------------------------------------------------------------------
+# --- crash loops and FATAL ----------------------------------------------------------------------
 
 
-def test_fatal_retry_backs_off_doubling_to_the_cap() -> None:
-    retry, now, waits = FatalRetry(first=30, cap=120), 0.0, []
-    while now < 1000:
-        wait = retry.due("nginx", states.FATAL, now)
-        if wait is not None:
-            waits.append((now, wait))
-        now += 1
-    assert [w for _, w in waits[:5]] == [30, 60, 120, 120, 120]
-    assert [t for t, _ in waits[:4]] == [0, 30, 90, 210]
+def run_policy(policy: CrashLoop, timeline: list[tuple[float, str, int]]) -> list[tuple[float, str]]:
+    """Feed (time, supervisord state, crashes since the last look) and collect the actions taken."""
+    out = []
+    for now, state, crashes in timeline:
+        policy.note_crashes("nginx", crashes, now)
+        action = policy.step("nginx", state, 0.0, now)
+        if action:
+            out.append((now, action))
+    return out
 
 
-def test_fatal_retry_resets_once_the_program_runs() -> None:
-    retry = FatalRetry(first=30, cap=600)
-    assert retry.due("jupyter", states.FATAL, 0) == 30
-    assert retry.due("jupyter", states.FATAL, 30) == 60
-    assert retry.due("jupyter", states.RUNNING, 40) is None
-    assert retry.due("jupyter", states.FATAL, 41) == 30  # a fresh start of the backoff
+def test_three_quick_crashes_hold_the_program_then_retry() -> None:
+    policy = CrashLoop(restarts=3, window=60, cap=300)
+    assert run_policy(policy, [(0, states.RUNNING, 1), (1, states.RUNNING, 1), (2, states.STARTING, 1)]) == [
+        (2, HOLD)]
+    assert policy.held("nginx", 2.5) == {"restarts": 3, "window_seconds": 60, "next_try_in": 0.5}
+    assert run_policy(policy, [(2.5, states.STOPPED, 0), (3, states.STOPPED, 0)]) == [(3, START)]  # held for 1 s
+    assert policy.held("nginx", 3) is None
 
 
-def test_supervision_starts_a_fatal_program_without_waiting(tmp_path: Path) -> None:
+def test_crashes_spread_beyond_the_window_are_no_loop() -> None:
+    assert run_policy(CrashLoop(restarts=3, window=60), [(0, states.RUNNING, 1), (40, states.RUNNING, 1),
+                                                          (80, states.RUNNING, 1), (130, states.RUNNING, 1)]) == []
+
+
+def test_backoff_doubles_to_the_cap_and_keeps_trying() -> None:
+    policy, now, holds = CrashLoop(restarts=2, window=60, cap=10), 0.0, []
+    for _ in range(6):
+        policy.note_crashes("nginx", 2, now)
+        assert policy.step("nginx", states.RUNNING, 0.0, now) == HOLD
+        wait = policy.held("nginx", now)["next_try_in"]  # type: ignore[index]
+        holds.append(wait)
+        now += wait
+        assert policy.step("nginx", states.STOPPED, 0.0, now) == START
+    assert holds == [1, 2, 4, 8, 10, 10]
+
+
+def test_fatal_is_retried_for_ever_with_backoff() -> None:
+    policy = CrashLoop(cap=600)
+    waits = []
+    now = 0.0
+    for _ in range(4):
+        assert policy.step("jupyter", states.FATAL, 0.0, now) == HOLD
+        waits.append(policy.held("jupyter", now)["next_try_in"])  # type: ignore[index]
+        now += waits[-1]
+        assert policy.step("jupyter", states.FATAL, 0.0, now) == START
+    assert waits == [1, 2, 4, 8]
+
+
+def test_a_program_that_runs_stably_starts_its_backoff_over() -> None:
+    policy = CrashLoop(restarts=2, window=60, cap=300, stable=60)
+    for now in (0.0, 1.0):
+        policy.note_crashes("nginx", 2, now * 100)
+        policy.step("nginx", states.RUNNING, 0.0, now * 100)
+        policy.step("nginx", states.STOPPED, 0.0, now * 100 + 50)
+    assert policy.step("nginx", states.RUNNING, 61.0, 200) is None  # ran a minute: well again
+    policy.note_crashes("nginx", 2, 300)
+    assert policy.step("nginx", states.RUNNING, 0.0, 300) == HOLD
+    assert policy.held("nginx", 300)["next_try_in"] == 1  # type: ignore[index]
+
+
+def test_supervision_holds_a_fatal_program_then_starts_it(tmp_path: Path) -> None:
     from jrd.layout import Layout
     from jrd.supervisor import ProcessInfo
 
@@ -244,9 +286,13 @@ def test_supervision_starts_a_fatal_program_without_waiting(tmp_path: Path) -> N
             return {n: ProcessInfo(n, states.FATAL if n == "nginx" else states.RUNNING, 0, 0, 0, 1, "")
                     for n in states.PROGRAMS}
 
-    sup = Sup()
-    watch = Supervision(sup, Layout(tmp_path, tmp_path, tmp_path), clock=Clock())  # type: ignore[arg-type]
+    sup, clock = Sup(), Clock()
+    watch = Supervision(sup, Layout(tmp_path, tmp_path, tmp_path), Ledger(), relaunch=None,  # type: ignore
+                        clock=clock)
     watch.strays.sweep = lambda exclude: []  # type: ignore[method-assign]
     watch.tick()
+    assert sup.calls == []  # FATAL: held for 1 s (nothing to stop)
+    assert watch.status("nginx", clock.now)["next_try_in"] == 1  # type: ignore[index]
+    clock.now += 1
     watch.tick()
-    assert sup.calls == [("start", "nginx")]  # once: the next try waits for its backoff
+    assert sup.calls == [("start", "nginx")]

@@ -19,6 +19,13 @@ _PLAIN_ARG = re.compile(r"^[A-Za-z0-9_./:=+@,%-]+\Z")
 _COMMENT_START = re.compile(r"\s[;#]")
 
 
+def prestart(inp: RenderInputs, command: list[str]) -> list[str]:
+    """`command` run through jrd.prestart: what a killed nginx left behind is cleared before each start."""
+    layout = inp.layout
+    return [str(inp.python_executable), "-m", "jrd.prestart", "--group-of", str(layout.nginx_pid_file),
+            "--comm", "nginx", "--socket", str(layout.nginx_status_socket), "--", *command]
+
+
 def sv_value(value: object) -> str:
     """`value` as a supervisord.conf value that reads back, after expansion, as exactly `value`."""
     text = str(value)
@@ -70,7 +77,7 @@ def render_supervisord_conf(inp: RenderInputs) -> str:
         jupyter_root_dir=sv_value(jupyter_root_dir(inp)),
         jupyter_user=f"user = {sv_value(acct.name)}" if inp.running_as_root else "",
         jupyter_environment=supervisor_environment(jupyter_environment(inp)),
-        nginx_command=supervisor_command(nginx_command(inp)),
+        nginx_command=supervisor_command(prestart(inp, nginx_command(inp))),
         event_listener=inp.event_listener_command is not None and inp.event_listener_command != "",
         event_listener_command=inp.event_listener_command or "",
     )

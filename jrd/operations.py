@@ -1,0 +1,123 @@
+"""What `jrdctl` can ask a running jrd to do, carried out on the main loop.
+
+Each public method is one verb of `jrd.control.commands` (status is
+assembled by the daemon).  Programs are named by the time they get here: the
+control socket checked them.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+from jrd import logs, passwords, states
+from jrd.config import Config
+from jrd.errors import JrdError, SupervisorError
+from jrd.jupyter import JupyterClient
+from jrd.layout import Layout
+from jrd.ledger import Ledger
+from jrd.programs import Nginx, Program
+from jrd.reload import Reloader
+from jrd.renewal import CertManager
+
+log = logging.getLogger("jrd")
+
+
+class Operations:
+    def __init__(self, *, programs: dict[str, Program], ledger: Ledger, reloader: Reloader,
+                 certificates: CertManager, layout: Layout, jupyter_api: JupyterClient,
+                 config: Callable[[], Config], post: Callable[..., None], after_cert_check: Callable[[], None]):
+        self._programs = programs
+        self._ledger = ledger
+        self._reloader = reloader
+        self._certificates = certificates
+        self._layout = layout
+        self._jupyter_api = jupyter_api
+        self._config = config
+        self._post = post
+        self._after_cert_check = after_cert_check
+
+    def _nginx(self) -> Nginx:
+        nginx = self._programs["nginx"]
+        assert isinstance(nginx, Nginx)
+        return nginx
+
+    def _names(self, program: str) -> list[str]:
+        return list(states.PROGRAMS) if program == "all" else [program]
+
+    def _pids(self, names: list[str], before: dict[str, int | None] | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        restarts = self._ledger.snapshot()
+        for name in names:
+            try:
+                info = self._programs[name].info()
+                pid, state = info.pid or None, info.state
+            except SupervisorError:
+                pid, state = None, states.UNKNOWN
+            out[name] = {"pid": pid, "state": state, "restarts": restarts.restarts_of(name)}
+            if before is not None:
+                out[name]["pid_before"] = before.get(name)
+        return out
+
+    def _act(self, verb: str, program: str, act: Callable[[Program], None]) -> dict[str, Any]:
+        names = self._names(program)
+        before = {n: p["pid"] for n, p in self._pids(names).items()}
+        for name in names:
+            act(self._programs[name])
+        return {verb: names, "programs": self._pids(names, before)}
+
+    def restart(self, program: str, reason: str = states.REASON_REQUESTED) -> dict[str, Any]:
+        if reason not in states.RESTART_REASONS:
+            raise JrdError(f"unknown restart reason {reason!r}; valid reasons are: {', '.join(states.RESTART_REASONS)}")
+        return self._act("restarted", program, lambda p: p.restart(reason))
+
+    def start_program(self, program: str) -> dict[str, Any]:
+        return self._act("started", program, Program.start)
+
+    def stop_program(self, program: str) -> dict[str, Any]:
+        return self._act("stopped", program, Program.stop)
+
+    def reload(self, source: str, reply_expected: bool = True) -> dict[str, Any]:
+        return self._reloader.run(source, reply_expected)
+
+    def renew_cert(self, force: bool, reply_expected: bool = True) -> dict[str, Any]:
+        """Renew the leaf if due (or forced); only nginx reloads, never Jupyter."""
+        try:
+            if self._config().external_tls:
+                state = self._certificates.check_external(self._config())
+                if state.get("changed"):
+                    # The file watcher normally reloads on a change; this catches a missed event.
+                    self._post("reload", "certificate check")
+                return {"renewed": False, "reason": "certificates are external; their owner renews them", **state}
+            return self._certificates.renew(self._config(), self._layout, force=force, reload_nginx=self._nginx().reload)
+        except JrdError:
+            if reply_expected:
+                raise
+            # The manager has counted and logged the failure once; a timer has no one to tell.
+            return {"renewed": False, "error": self._certificates.record.last_error}
+        finally:
+            self._after_cert_check()
+
+    def passwd(self, hashed: str, source: str) -> dict[str, Any]:
+        """Store a new login password hash (made by the client), then apply it through the reload path."""
+        if not hashed.startswith("argon2:") or len(hashed) > 1024 or not hashed.isprintable():
+            raise JrdError("passwd needs an argon2 hash from jupyter_server.auth.passwd; nothing was changed")
+        passwords.write_password_hash(self._layout.password_file, hashed)
+        self._layout.initial_password_file.unlink(missing_ok=True)
+        log.info("login password changed (%s)", source)
+        try:
+            return self.reload(source)
+        except JrdError as exc:
+            raise JrdError(
+                f"the new password is saved in {self._layout.password_file} but not applied yet: {exc}") from None
+
+    def kernels(self) -> dict[str, int]:
+        """How many kernels Jupyter has, and how many are executing."""
+        try:
+            return self._jupyter_api.kernel_counts()
+        except JrdError as exc:
+            log.debug("could not list kernels (%s)", exc)
+            raise JrdError("Jupyter did not list its kernels; see `jrdctl logs jupyter`") from None
+
+    def logs(self, program: str, offset: int | None, lines: int) -> dict[str, Any]:
+        return logs.read_log(self._layout.log_file(program), offset, lines)
