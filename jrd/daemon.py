@@ -47,6 +47,9 @@ log = logging.getLogger("jrd")
 
 # `jrdctl status` asks through nginx at once; a hung nginx costs it this long.
 STATUS_PROBE_TIMEOUT = 2.0
+# SIGHUPs closer together than this are one burst, answered by one reload (at most this much later).
+SIGHUP_QUIET = 0.2
+SIGHUP_MAX_DELAY = 3.0
 
 
 class Daemon:
@@ -102,6 +105,9 @@ class Daemon:
         )
         self.bus.add_handler("shutdown", self._on_shutdown)
         self.bus.add_handler("supervise", lambda cmd: self.supervision.tick())
+        self.bus.add_handler("sighup", self._on_sighup)
+        self._hups: tuple[float, float] | None = None  # first and last SIGHUP of a burst
+        self._leaf_seen: tuple[tuple[int, int, int], ...] | None = None
         self.bus.add_handler("serving_result", lambda cmd: self._record_serving(cmd.args["serving"]))
         for name, handler in self._control_handlers().items():
             self.bus.add_handler(name, handler)
@@ -152,10 +158,24 @@ class Daemon:
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         # Only enqueue: SimpleQueue.put is safe to call from a signal handler.
-        name = "reload" if signum == signal.SIGHUP else "shutdown"
-        if name == "shutdown":
+        source = f"signal {signal.Signals(signum).name}"
+        if signum == signal.SIGHUP:
+            self.bus.post("sighup", source)
+        else:
             self.stop_requested.set()
-        self.bus.post(name, f"signal {signal.Signals(signum).name}")
+            self.bus.post("shutdown", source)
+
+    def _on_sighup(self, cmd: Command) -> None:
+        """A storm of SIGHUPs is one reload: once they stop for a moment, or at most a few seconds after the first."""
+        now = self._clock()
+        self._hups = (self._hups[0] if self._hups else now, now)
+        first, last = self._hups
+        due = min(last + SIGHUP_QUIET, first + SIGHUP_MAX_DELAY)
+        self.timers.schedule("sighup", due - now, lambda: self._reload_after_sighup(cmd.source))
+
+    def _reload_after_sighup(self, source: str) -> None:
+        self._hups = None
+        self.operations.reload(source, reply_expected=False)
 
     def start(self) -> None:
         cfg, layout = self.config, self.layout
@@ -260,8 +280,24 @@ class Daemon:
     def _supervise(self) -> None:
         try:
             self.supervision.tick()
+            if self._leaf_signature() != self._leaf_seen:
+                # Deleted, corrupted or replaced outside jrd: nginx still serves the pair it loaded;
+                # the renewal path checks the files and issues a new pair if they are unusable.
+                log.warning("the TLS certificate or key changed on disk outside jrd; checking it now")
+                self._leaf_seen = self._leaf_signature()
+                self.bus.post("renew_cert", "certificate files changed", force=False)
         finally:
             self.timers.schedule("supervise", SUPERVISE_INTERVAL, self._supervise)
+
+    def _leaf_signature(self) -> tuple[tuple[int, int, int], ...] | None:
+        """jrd's own leaf pair as it is on disk (None in external mode, where the file watcher looks)."""
+        if self.config.external_tls:
+            return None
+        try:
+            stats = [os.stat(path) for path in (self.layout.leaf_cert, self.layout.leaf_key)]
+        except OSError:
+            return ()
+        return tuple((st.st_ino, st.st_mtime_ns, st.st_size) for st in stats)
 
     # --- serving ---------------------------------------------------------------
     def wait_serving(self, deadline: float) -> None:
@@ -296,6 +332,7 @@ class Daemon:
 
     # --- certificates ------------------------------------------------------------
     def _schedule_cert_check(self) -> None:
+        self._leaf_seen = self._leaf_signature()
         delay = self.certificates.next_check(self.config, self.layout)
         self.timers.schedule("cert", delay, lambda: self.bus.post("renew_cert", "timer", force=False))
 

@@ -128,3 +128,33 @@ def remove_stale_socket(path: Path) -> bool:
     except FileNotFoundError:
         return False
     return True
+
+
+def tcp_listener(port: int) -> tuple[int, str] | None:
+    """(pid, name) of a process listening on TCP `port`, from /proc; None if none can be seen."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            # local_address is HEXIP:HEXPORT; state 0A is LISTEN
+            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{fields[9]}]")
+    if not inodes:
+        return None
+    for pid in _pids():
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                    return pid, Path(f"/proc/{pid}/comm").read_text().strip()
+            except OSError:
+                continue
+    return None

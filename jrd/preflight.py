@@ -93,8 +93,10 @@ def check_ports(config: Config) -> None:
             except OSError as exc:
                 where = config.source or "the config"
                 if exc.errno == errno.EADDRINUSE:
+                    holder = leftovers.tcp_listener(port)
+                    who = f"pid {holder[0]} ({holder[1]})" if holder else "another program"
                     raise PreflightError(
-                        f"port {port} on {addr} is already in use by another program; stop that program "
+                        f"port {port} on {addr} is already in use by {who}; stop that program "
                         f"(`ss -ltnp 'sport = :{port}'` shows it) or change {key} in {where}"
                     ) from None
                 raise PreflightError(
