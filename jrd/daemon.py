@@ -40,7 +40,7 @@ from jrd.reload import Reloader, Running
 from jrd.render import RenderInputs
 from jrd.renewal import CertManager
 from jrd.sdnotify import notify, watchdog_interval
-from jrd.supervision import SUPERVISE_INTERVAL, CrashLoop, Supervision
+from jrd.supervision import SUPERVISE_INTERVAL, CrashLoop, DeathWatch, Supervision
 from jrd.supervisor import Supervisor, become_subreaper, launch_supervisord, stop_supervisord
 
 log = logging.getLogger("jrd")
@@ -104,7 +104,7 @@ class Daemon:
             wait_serving=self.wait_serving_answer, certificate_status=self.certificate_status,
         )
         self.bus.add_handler("shutdown", self._on_shutdown)
-        self.bus.add_handler("supervise", lambda cmd: self.supervision.tick())
+        self.bus.add_handler("supervise", lambda cmd: self._supervise())
         self.bus.add_handler("sighup", self._on_sighup)
         self._hups: tuple[float, float] | None = None  # first and last SIGHUP of a burst
         self._leaf_seen: tuple[tuple[int, int, int], ...] | None = None
@@ -200,6 +200,9 @@ class Daemon:
                         "run jrd as root to keep it apart (see README, Trusting the CA)", layout.tls_dir)
         become_subreaper()
         self.supervision.supervisord = self._launch_supervisord()
+        self.supervision.deathwatch = DeathWatch(self._on_death)
+        self.supervision.deathwatch.start()
+        self.supervision.tick()
         for ext in self.extensions:
             ext.start(self.context)
         self.wait_serving(self._clock() + serving.STARTUP_TIMEOUT)
@@ -240,6 +243,8 @@ class Daemon:
                 ext.stop()
             except Exception:
                 log.exception("stopping %s failed", type(ext).__name__)
+        if self.supervision.deathwatch is not None:
+            self.supervision.deathwatch.stop()
         proc = self.supervision.supervisord
         if proc is not None:
             status = stop_supervisord(proc, timeout=45)
@@ -258,6 +263,18 @@ class Daemon:
             self.supervision.supervisord = proc  # so that stop() ends it
             raise
         return proc
+
+    def _on_death(self, pid: int) -> None:
+        """From the death watch's thread: a supervised process (or supervisord itself) just died."""
+        proc = self.supervision.supervisord
+        if proc is not None and pid == proc.pid:
+            self.bus.post("supervise", "supervisord died")
+            return
+        try:
+            # supervisord polls once a second; poke it so that the respawn is not delayed.
+            self.supervisor.state()
+        except SupervisorError as exc:
+            log.debug("could not poke supervisord: %s", exc)
 
     def _contribute(self, inputs: RenderInputs) -> RenderInputs:
         for ext in self.extensions:
@@ -287,7 +304,9 @@ class Daemon:
                 self._leaf_seen = self._leaf_signature()
                 self.bus.post("renew_cert", "certificate files changed", force=False)
         finally:
-            self.timers.schedule("supervise", SUPERVISE_INTERVAL, self._supervise)
+            hold = self.supervision.next_due(self._clock())
+            self.timers.schedule("supervise", min(SUPERVISE_INTERVAL, hold if hold is not None else 1e9),
+                                 self._supervise)
 
     def _leaf_signature(self) -> tuple[tuple[int, int, int], ...] | None:
         """jrd's own leaf pair as it is on disk (None in external mode, where the file watcher looks)."""

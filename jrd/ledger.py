@@ -44,6 +44,8 @@ class Snapshot:
     probes: Mapping[str, "ProbeOutcome"]
     probe_failures: Mapping[str, int]
     serving: Serving | None = None
+    # When each program last passed a probe (Unix time).
+    last_ok: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
 
     def restarts_of(self, program: str) -> int:
         return sum(n for (p, _), n in self.restarts.items() if p == program)
@@ -58,6 +60,7 @@ class Ledger:
     _probes: dict[str, "ProbeOutcome"] = field(default_factory=dict)
     _probe_failures: dict[str, int] = field(default_factory=dict)
     _serving: Serving | None = None
+    _last_ok: dict[str, float] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -79,6 +82,8 @@ class Ledger:
         with self._lock:
             self._probes[outcome.program] = outcome
             self._probe_failures[outcome.program] = failures
+            if outcome.ok:
+                self._last_ok[outcome.program] = outcome.at
 
     def record_serving(self, serving: Serving) -> bool:
         """Keep the latest serving check; whether it changed from serving to not, or back."""
@@ -96,4 +101,5 @@ class Ledger:
                 probes=MappingProxyType(dict(self._probes)),
                 probe_failures=MappingProxyType(dict(self._probe_failures)),
                 serving=self._serving,
+                last_ok=MappingProxyType(dict(self._last_ok)),
             )

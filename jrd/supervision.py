@@ -7,7 +7,9 @@ jrd watches from above, every few seconds and at once after each crash
 event:
 
 * `CrashLoop` (pure): a program that crashed `crash_loop_restarts` times
-  within the window, or that supervisord calls FATAL, is held stopped and
+  within the window without passing a health probe in between (a program
+  that served and was then killed is no loop: supervisord's immediate
+  restart is right for it), or that supervisord calls FATAL, is held stopped and
   started again after 1 s, 2 s, 4 s, ... at most `[health]
   backoff_max_seconds`, for ever; once it has run for a minute its backoff
   starts over.
@@ -19,7 +21,10 @@ event:
 from __future__ import annotations
 
 import logging
+import os
+import select
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -112,7 +117,10 @@ class Supervision:
     strays: processes.StrayReaper = field(default_factory=processes.StrayReaper)
     supervisord: subprocess.Popen[bytes] | None = None
     _crashes_seen: dict[str, int] = field(default_factory=dict)
+    deathwatch: "DeathWatch | None" = None
     _death_noted: bool = False
+    _instance_start: dict[str, float] = field(default_factory=dict)
+    _served: dict[str, bool] = field(default_factory=dict)
 
     def tick(self) -> None:
         """One look at the stack: supervisord, crash loops, orphaned kernels."""
@@ -124,14 +132,23 @@ class Supervision:
         except SupervisorError as exc:
             log.warning("%s", exc)
             return
-        counts = self.ledger.snapshot().restarts
+        snap = self.ledger.snapshot()
         for name in states.PROGRAMS:
             info = procs.get(name)
             if info is None:
                 continue
-            crashes = counts.get((name, states.REASON_CRASH), 0)
-            self.policy.note_crashes(name, crashes - self._crashes_seen.get(name, 0), now)
+            if info.state in states.STOPPABLE_STATES and info.start != self._instance_start.get(name):
+                # A new instance: did the one before it pass a probe while it ran?
+                before = self._instance_start.get(name)
+                self._served[name] = before is not None and snap.last_ok.get(name, 0.0) >= before
+                self._instance_start[name] = info.start
+            crashes = snap.restarts.get((name, states.REASON_CRASH), 0)
+            if not self._served.get(name, False):
+                self.policy.note_crashes(name, crashes - self._crashes_seen.get(name, 0), now)
             self._crashes_seen[name] = crashes
+        if self.deathwatch is not None:
+            pids = {i.pid for i in procs.values() if i.pid and i.state in states.STOPPABLE_STATES}
+            self.deathwatch.follow(pids | ({self.supervisord.pid} if self.supervisord is not None else set()))
             self._act(name, info, self.policy.step(name, info.state, info.uptime, now))
         exclude = {self.supervisord.pid} if self.supervisord is not None else set()
         for pid in self.strays.sweep(exclude):
@@ -174,9 +191,82 @@ class Supervision:
         self.supervisord = self.relaunch()
         return False
 
+    def next_due(self, now: float) -> float | None:
+        """Seconds until a hold ends, if one does; the daemon looks again then, not at its next tick."""
+        waits = [h["next_try_in"] for n in (*states.PROGRAMS, SUPERVISORD) if (h := self.policy.held(n, now))]
+        return min(waits) if waits else None
+
     def status(self, name: str, now: float) -> dict[str, Any] | None:
         """The crash loop of `name` for `jrdctl status`, or None."""
         held = self.policy.held(name, now)
         if held is None:
             return None
         return {**held, "last_error": logs.last_error(self.layout.log_file(name))}
+
+
+class DeathWatch:
+    """Notices at once that a watched process died, and calls `on_death(pid)` from its own thread.
+
+    supervisord polls once a second and only then reaps a dead child, so a
+    program killed outright would wait up to a second for its restart; and
+    jrd itself would notice a dead supervisord only at its next tick.  This
+    thread holds a pidfd for each process and calls back the moment one
+    becomes readable (the process is gone).
+    """
+
+    def __init__(self, on_death: Callable[[int], None]):
+        self._on_death = on_death
+        self._wanted: set[int] = set()
+        self._lock = threading.Lock()
+        self._wake_r, self._wake_w = os.pipe()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="jrd-deathwatch", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def follow(self, pids: set[int]) -> None:
+        """Watch exactly these PIDs from now on (called from the main loop)."""
+        with self._lock:
+            if pids == self._wanted:
+                return
+            self._wanted = set(pids)
+        os.write(self._wake_w, b"x")
+
+    def stop(self) -> None:
+        self._stopping = True
+        os.write(self._wake_w, b"x")
+        self._thread.join(2)
+
+    def _run(self) -> None:
+        fds: dict[int, int] = {}  # pid -> pidfd
+        poller = select.poll()
+        poller.register(self._wake_r, select.POLLIN)
+        while not self._stopping:
+            with self._lock:
+                wanted = set(self._wanted)
+            for pid in set(fds) - wanted:
+                poller.unregister(fds[pid])
+                os.close(fds.pop(pid))
+            for pid in wanted - set(fds):
+                try:
+                    fds[pid] = os.pidfd_open(pid)
+                except OSError:
+                    continue  # gone already: the next tick sees it
+                poller.register(fds[pid], select.POLLIN)
+            ready = poller.poll()
+            dead = [pid for pid, fd in fds.items() if any(r == fd for r, _ in ready)]
+            if any(r == self._wake_r for r, _ in ready):
+                os.read(self._wake_r, 4096)
+            for pid in dead:
+                poller.unregister(fds[pid])
+                os.close(fds.pop(pid))
+                with self._lock:
+                    self._wanted.discard(pid)
+            for pid in dead:
+                try:
+                    self._on_death(pid)
+                except Exception:  # never let the watcher die
+                    log.exception("reacting to the death of %d failed", pid)
+        for fd in fds.values():
+            os.close(fd)
