@@ -97,6 +97,9 @@ class CrashLoop:
             s.loops = 0
         return None
 
+    def names(self) -> list[str]:
+        return list(self._state)
+
     def held(self, name: str, now: float) -> dict[str, Any] | None:
         """The hold in force for `name`: crashes that caused it and the wait left; None when not held."""
         s = self._state.get(name)
@@ -133,10 +136,8 @@ class Supervision:
             log.warning("%s", exc)
             return
         snap = self.ledger.snapshot()
-        for name in states.PROGRAMS:
-            info = procs.get(name)
-            if info is None:
-                continue
+        # The event listener too: supervisord gives up on it like on any program.
+        for name, info in procs.items():
             if info.state in states.STOPPABLE_STATES and info.start != self._instance_start.get(name):
                 # A new instance: did the one before it pass a probe while it ran?
                 before = self._instance_start.get(name)
@@ -193,7 +194,7 @@ class Supervision:
 
     def next_due(self, now: float) -> float | None:
         """Seconds until a hold ends, if one does; the daemon looks again then, not at its next tick."""
-        waits = [h["next_try_in"] for n in (*states.PROGRAMS, SUPERVISORD) if (h := self.policy.held(n, now))]
+        waits = [h["next_try_in"] for n in self.policy.names() if (h := self.policy.held(n, now))]
         return min(waits) if waits else None
 
     def status(self, name: str, now: float) -> dict[str, Any] | None:
