@@ -147,10 +147,10 @@ class Supervision:
             if not self._served.get(name, False):
                 self.policy.note_crashes(name, crashes - self._crashes_seen.get(name, 0), now)
             self._crashes_seen[name] = crashes
+            self._act(name, info, self.policy.step(name, info.state, info.uptime, now))
         if self.deathwatch is not None:
             pids = {i.pid for i in procs.values() if i.pid and i.state in states.STOPPABLE_STATES}
             self.deathwatch.follow(pids | ({self.supervisord.pid} if self.supervisord is not None else set()))
-            self._act(name, info, self.policy.step(name, info.state, info.uptime, now))
         exclude = {self.supervisord.pid} if self.supervisord is not None else set()
         for pid in self.strays.sweep(exclude):
             log.info("ended orphaned process %d (a kernel whose Jupyter is gone)", pid)

@@ -296,3 +296,37 @@ def test_supervision_holds_a_fatal_program_then_starts_it(tmp_path: Path) -> Non
     clock.now += 1
     watch.tick()
     assert sup.calls == [("start", "nginx")]
+
+
+def test_kills_of_a_program_that_served_are_no_crash_loop_but_quick_deaths_are(tmp_path: Path) -> None:
+    from jrd.health import ProbeOutcome
+    from jrd.layout import Layout
+    from jrd.supervisor import ProcessInfo
+
+    class Sup(FakeSupervisor):
+        start_time = 100.0
+
+        def processes(self) -> dict[str, ProcessInfo]:
+            return {"nginx": ProcessInfo("nginx", self.state, self.pid, self.start_time, self.start_time, 0, "")}
+
+    sup, ledger, clock = Sup(), Ledger(), Clock()
+    watch = Supervision(sup, Layout(tmp_path, tmp_path, tmp_path), ledger, relaunch=None,  # type: ignore
+                        clock=clock)
+    watch.strays.sweep = lambda exclude: []  # type: ignore[method-assign]
+    watch.tick()
+
+    def crash(served: bool) -> None:
+        if served:
+            ledger.record_probe(ProbeOutcome("nginx", True, 0.01, "", Sup.start_time + 0.5), 0)
+        Sup.start_time += 2
+        clock.now += 2
+        ledger.count_restart("nginx", states.REASON_CRASH)
+        watch.tick()
+
+    for _ in range(5):
+        crash(served=True)
+    assert sup.calls == [] and watch.status("nginx", clock.now) is None
+    for _ in range(3):
+        crash(served=False)
+    assert sup.calls == [("stop", "nginx")]  # held: it died three times without ever answering
+    assert watch.status("nginx", clock.now)["restarts"] == 3  # type: ignore[index]
