@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from jrd import nginx, probe, states
+from jrd import leftovers, nginx, probe, states
 from jrd.config import Config
 from jrd.errors import SupervisorError
 from jrd.extension import Context, Extension
@@ -99,12 +99,17 @@ def probe_jupyter(config: Config, layout: Layout, timeout: float) -> ProbeOutcom
 
 
 def probe_nginx(config: Config, layout: Layout, timeout: float) -> ProbeOutcome:
+    """stub_status, which the workers answer, and the master's own state, which they cannot vouch for."""
     at = time.time()
     start = time.monotonic()
     try:
         nginx.read_stub_status(layout.nginx_status_socket, timeout=timeout)
     except (OSError, ValueError, IndexError) as exc:
         return ProbeOutcome("nginx", False, time.monotonic() - start, f"{exc.__class__.__name__}: {exc}", at)
+    master = leftovers.read_pid(layout.nginx_pid_file)
+    if master is not None and leftovers.state(master) in ("T", "t"):
+        # A stopped master still has serving workers, but would never reload or replace one.
+        return ProbeOutcome("nginx", False, time.monotonic() - start, f"nginx's master {master} is stopped", at)
     return ProbeOutcome("nginx", True, time.monotonic() - start, "", at)
 
 

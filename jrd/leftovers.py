@@ -35,6 +35,12 @@ def _pids() -> list[int]:
     return [int(e) for e in os.listdir("/proc") if e.isdigit()]
 
 
+def state(pid: int) -> str | None:
+    """The process's state letter (R, S, D, T, Z, ...), None if it does not exist."""
+    fields = _stat_fields(pid)
+    return fields[0] if fields else None
+
+
 def alive(pid: int) -> bool:
     """True for a process that exists and is not a zombie."""
     fields = _stat_fields(pid)

@@ -21,7 +21,7 @@ from typing import Iterator
 import pytest
 import requests
 
-from conftest import Jrd, descendants, kernel_pids, parse_exposition, short_tmp, wait_for
+from conftest import JRDCTL, Jrd, descendants, kernel_pids, parse_exposition, short_tmp, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -193,8 +193,12 @@ def test_sigkill_of_the_event_listener_keeps_counting_restarts(jrd: Jrd) -> None
         assert_recovers(jrd, f"SIGKILL of the event listener #{i + 1}")
     before = json.loads(jrd.jrdctl("status", "--json").stdout)["programs"]["jupyter"]["restarts"]
     os.kill(jrd.supervisor_pid("jupyter"), signal.SIGKILL)
-    wait_for(lambda: json.loads(jrd.jrdctl("status", "--json").stdout)["programs"]["jupyter"]["restarts"]
-             == before + 1, 30, "the crash to be counted by the new listener")
+    try:
+        wait_for(lambda: json.loads(jrd.jrdctl("status", "--json").stdout)["programs"]["jupyter"]["restarts"]
+                 == before + 1, 30, "the crash to be counted by the new listener")
+    except AssertionError:
+        sup_log = (jrd.base / "log" / "supervisord.log").read_text()[-2000:]
+        raise AssertionError(f"{jrd.jrdctl('status', '--json').stdout}\n{sup_log}\n{jrd.read_output()[-2000:]}")
     assert_recovers(jrd, "SIGKILL of Jupyter after the listener's restarts")
     assert conf  # the listener is supervisord's: nothing of jrd had to restart
 
@@ -254,11 +258,17 @@ def test_deleted_config_keeps_serving_and_a_reload_says_why(jrd: Jrd) -> None:
     text = jrd.config_path.read_text()
     jrd.config_path.unlink()
     try:
-        res = jrd.jrdctl("reload")
-        assert res.returncode == 1 and "no such config file" in res.stderr, res.stderr
-        assert_recovers(jrd, "deleting the config")
+        wait_for(lambda: "disappeared" in jrd.read_output(), 30, "the watcher to notice")
+        jrd.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "no such config file" in jrd.read_output(), 30, "the refused reload")
+        assert jrd.serving() and jrd.proc.poll() is None
+        res = subprocess.run([JRDCTL, "--socket", str(jrd.run_dir / "control.sock"),
+                              "status", "--json"], capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, res.stderr
+        assert json.loads(res.stdout)["reload"]["last_ok"] is False
     finally:
         jrd.config_path.write_text(text)
+    assert_recovers(jrd, "deleting the config")
 
 
 def served_serial(j: Jrd) -> int:
