@@ -46,7 +46,7 @@ class Client:
         return self._config
 
     def call(self, command: str, **args: Any) -> Any:
-        return control_client.request(self.socket, command, **args)
+        return control_client.request(self.socket, command, args)
 
 
 # --- output helpers ------------------------------------------------------------------------------

@@ -21,8 +21,12 @@ from jrd.errors import ControlError, ControlPermissionDenied, DaemonNotRunning, 
 from jrd.layout import Layout
 
 
-def request(path: Path, command: str, timeout: float | None = None, **args: Any) -> Any:
-    """Send one request to the daemon and return its result, or raise a JrdError that says what to do."""
+def request(path: Path, command: str, args: dict[str, Any] | None = None, *, timeout: float | None = None) -> Any:
+    """Send one request to the daemon and return its result, or raise a JrdError that says what to do.
+
+    `timeout` bounds the whole exchange; by default a little longer than the server waits for the command.
+    """
+    args = args or {}
     timeout = timeout if timeout is not None else command_timeout(command, args) + 10
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
