@@ -1,4 +1,4 @@
-"""Benchmark for issue 6: how fast jrdctl answers, and how fast `restart jupyter` serves again.
+"""Benchmark: how fast jrdctl answers, and how fast `restart jupyter` serves again.
 
 Starts a real jrd (supervisord, nginx, JupyterLab) in /tmp on loopback ports and measures:
 

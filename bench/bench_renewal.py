@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from cryptography import x509  # noqa: E402
 
 from conftest import Jrd, short_tmp  # noqa: E402  (the integration tests' way to run a real jrd)
-from jrd import control  # noqa: E402
+from jrd.control import client as control_client  # noqa: E402
 
 
 def serial_of(sock: ssl.SSLSocket) -> int:
@@ -124,7 +124,7 @@ class Load:
 
 
 def renew(j: Jrd) -> int:
-    result = control.request(j.run_dir / "control.sock", "renew_cert", force=True)
+    result = control_client.request(j.run_dir / "control.sock", "renew_cert", {"force": True})
     return int(result["serial"], 16)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Callable
 
 from jrd.config import Config
-from jrd.control import ControlServer
+from jrd.control.server import ControlServer
 from jrd.daemon import Daemon
 from jrd.events import ProgramEvents
 from jrd.health import HealthMonitor

@@ -27,6 +27,7 @@ from typing import Any, Callable
 from jrd import __version__, certs, nginx, passwords, preflight, processes, serving, states
 from jrd.build import build_to_run, install
 from jrd.config import Config, load_config
+from jrd.control.commands import handlers as control_handlers
 from jrd.errors import Interrupted, SupervisorError
 from jrd.extension import Context, Extension
 from jrd.fsutil import ensure_dir
@@ -93,7 +94,7 @@ class Daemon:
         self.operations = Operations(
             programs=self.programs, ledger=self.ledger, reloader=self.reloader, certificates=self.certificates,
             layout=self.layout, jupyter_api=self.jupyter_api, config=lambda: self.running.config,
-            post=self.bus.post, after_cert_check=self._schedule_cert_check,
+            status=self.status, reload_later=self._reload_later, after_cert_check=self._schedule_cert_check,
         )
         # Set by SIGTERM/SIGINT too, so that a start still waiting can give up at once.
         self.stop_requested = threading.Event()
@@ -109,26 +110,8 @@ class Daemon:
         self._hups: tuple[float, float] | None = None  # first and last SIGHUP of a burst
         self._leaf_seen: tuple[tuple[int, int, int], ...] | None = None
         self.bus.add_handler("serving_result", lambda cmd: self._record_serving(cmd.args["serving"]))
-        for name, handler in self._control_handlers().items():
+        for name, handler in control_handlers(self.operations).items():
             self.bus.add_handler(name, handler)
-
-    def _control_handlers(self) -> dict[str, Callable[[Command], Any]]:
-        # MERGE: replaced by jrd.control.commands.handlers(self)
-        def reply(cmd: Command) -> bool:
-            return cmd.reply is not None
-
-        ops = self.operations
-        return {
-            "status": lambda c: self.status(),
-            "restart": lambda c: ops.restart(c.args.get("program", "all"), c.args.get("reason", states.REASON_REQUESTED)),
-            "start": lambda c: ops.start_program(c.args.get("program", "all")),
-            "stop": lambda c: ops.stop_program(c.args.get("program", "all")),
-            "reload": lambda c: ops.reload(c.source, reply(c)),
-            "renew_cert": lambda c: ops.renew_cert(bool(c.args.get("force")), reply(c)),
-            "passwd": lambda c: ops.passwd(c.args["hashed"], c.source),
-            "kernels": lambda c: ops.kernels(),
-            "logs": lambda c: ops.logs(c.args["program"], c.args.get("offset"), c.args.get("lines", 50)),
-        }
 
     @property
     def config(self) -> Config:
@@ -172,6 +155,10 @@ class Daemon:
         first, last = self._hups
         due = min(last + SIGHUP_QUIET, first + SIGHUP_MAX_DELAY)
         self.timers.schedule("sighup", due - now, lambda: self._reload_after_sighup(cmd.source))
+
+    def _reload_later(self, source: str) -> None:
+        """A reload after the command that asks for it; a refusal is logged once, by the reload."""
+        self.timers.schedule("reload-later", 0, lambda: self.operations.reload(source, reply_expected=False))
 
     def _reload_after_sighup(self, source: str) -> None:
         self._hups = None
@@ -302,7 +289,7 @@ class Daemon:
                 # the renewal path checks the files and issues a new pair if they are unusable.
                 log.warning("the TLS certificate or key changed on disk outside jrd; checking it now")
                 self._leaf_seen = self._leaf_signature()
-                self.bus.post("renew_cert", "certificate files changed", force=False)
+                self.timers.schedule("cert", 0, lambda: self.operations.renew_cert(False, reply_expected=False))
         finally:
             hold = self.supervision.next_due(self._clock())
             self.timers.schedule("supervise", min(SUPERVISE_INTERVAL, hold if hold is not None else 1e9),
@@ -353,7 +340,7 @@ class Daemon:
     def _schedule_cert_check(self) -> None:
         self._leaf_seen = self._leaf_signature()
         delay = self.certificates.next_check(self.config, self.layout)
-        self.timers.schedule("cert", delay, lambda: self.bus.post("renew_cert", "timer", force=False))
+        self.timers.schedule("cert", delay, lambda: self.operations.renew_cert(False, reply_expected=False))
 
     def certificate_status(self) -> dict[str, Any]:
         """The served leaf (and jrd's CA), renewal counts and the last success; safe from any thread."""

@@ -1,8 +1,8 @@
 """What `jrdctl` can ask a running jrd to do, carried out on the main loop.
 
-Each public method is one verb of `jrd.control.commands` (status is
-assembled by the daemon).  Programs are named by the time they get here: the
-control socket checked them.
+Each public method is one command of `jrd.control.commands` (`ControlTarget`;
+status is assembled by the daemon and passed in).  Programs are named by the
+time they get here: the control socket checked them.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ log = logging.getLogger("jrd")
 class Operations:
     def __init__(self, *, programs: dict[str, Program], ledger: Ledger, reloader: Reloader,
                  certificates: CertManager, layout: Layout, jupyter_api: JupyterClient,
-                 config: Callable[[], Config], post: Callable[..., None], after_cert_check: Callable[[], None]):
+                 config: Callable[[], Config], status: Callable[[], dict[str, Any]],
+                 reload_later: Callable[[str], None], after_cert_check: Callable[[], None]):
         self._programs = programs
         self._ledger = ledger
         self._reloader = reloader
@@ -34,8 +35,12 @@ class Operations:
         self._layout = layout
         self._jupyter_api = jupyter_api
         self._config = config
-        self._post = post
+        self._reload_later = reload_later
+        self._status = status
         self._after_cert_check = after_cert_check
+
+    def status(self) -> dict[str, Any]:
+        return self._status()
 
     def _nginx(self) -> Nginx:
         nginx = self._programs["nginx"]
@@ -71,10 +76,10 @@ class Operations:
             raise JrdError(f"unknown restart reason {reason!r}; valid reasons are: {', '.join(states.RESTART_REASONS)}")
         return self._act("restarted", program, lambda p: p.restart(reason))
 
-    def start_program(self, program: str) -> dict[str, Any]:
+    def start(self, program: str) -> dict[str, Any]:
         return self._act("started", program, Program.start)
 
-    def stop_program(self, program: str) -> dict[str, Any]:
+    def stop(self, program: str) -> dict[str, Any]:
         return self._act("stopped", program, Program.stop)
 
     def reload(self, source: str, reply_expected: bool = True) -> dict[str, Any]:
@@ -87,7 +92,7 @@ class Operations:
                 state = self._certificates.check_external(self._config())
                 if state.get("changed"):
                     # The file watcher normally reloads on a change; this catches a missed event.
-                    self._post("reload", "certificate check")
+                    self._reload_later("certificate check")
                 return {"renewed": False, "reason": "certificates are external; their owner renews them", **state}
             return self._certificates.renew(self._config(), self._layout, force=force, reload_nginx=self._nginx().reload)
         except JrdError:

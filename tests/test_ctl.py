@@ -1,4 +1,4 @@
-"""Issue 6: jrdctl against a real running jrd (supervisord, nginx, JupyterLab)."""
+"""jrdctl against a real running jrd (supervisord, nginx, JupyterLab)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
@@ -364,13 +364,18 @@ def test_malformed_requests_leave_the_daemon_serving(running_jrd: Jrd) -> None:
 def test_control_group_members_may_use_it_and_others_are_told_who_may(outsider: str) -> None:
     from concurrent.futures import Future
 
-    from jrd.control import ControlServer
+    from jrd.control.server import ControlServer
+    from jrd.extension import Context
 
-    class Daemon:
-        def submit(self, name: str, source: str, **args: object) -> Future:
-            fut: Future = Future()
-            fut.set_result({"programs": {"jupyter": {"state": "RUNNING"}, "nginx": {"state": "RUNNING"}}})
-            return fut
+    def submit(name: str, source: str, **args: object) -> Future:
+        fut: Future = Future()
+        fut.set_result({"programs": {"jupyter": {"state": "RUNNING"}, "nginx": {"state": "RUNNING"}}})
+        return fut
+
+    unused: Any = None
+    ctx = Context(layout=unused, supervisor=unused, ledger=unused, jupyter=unused, submit=submit, add_handler=unused,
+                  schedule=unused, cancel=unused, current_config=unused, wait_serving=unused,
+                  certificate_status=unused)
 
     group = "jrdctl-testers"
     subprocess.run(["groupdel", group], capture_output=True)
@@ -378,7 +383,7 @@ def test_control_group_members_may_use_it_and_others_are_told_who_may(outsider: 
     base = Path(tempfile.mkdtemp(prefix="jrdctl-", dir="/tmp"))
     base.chmod(0o755)
     server = ControlServer(base / "control.sock", group)
-    server.start(Daemon())  # type: ignore[arg-type]
+    server.start(ctx)
     try:
         argv = ["runuser", "-u", outsider, "--", JRDCTL, "--socket", str(server.path), "status", "--json"]
         res = subprocess.run(argv, capture_output=True, text=True, timeout=60)
@@ -389,7 +394,7 @@ def test_control_group_members_may_use_it_and_others_are_told_who_may(outsider: 
         res = subprocess.run(argv, capture_output=True, text=True, timeout=60)
         assert res.returncode == 0, res.stderr
     finally:
-        server.stop(None)  # type: ignore[arg-type]
+        server.stop()
         subprocess.run(["gpasswd", "-d", outsider, group], capture_output=True)
         subprocess.run(["groupdel", group], check=True)
         shutil.rmtree(base, ignore_errors=True)
