@@ -35,6 +35,7 @@ sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "bench"))
 
 from bench_ctl import cold_start, summary  # noqa: E402
+from jrd import leftovers  # noqa: E402
 from conftest import Jrd, free_port, short_tmp, wait_for  # noqa: E402
 from test_faults import FAST_HEALTH, hold_port, nginx_masters, probed_ok_since, supervisord_pid  # noqa: E402
 
@@ -134,7 +135,9 @@ def crash_loops(j: Jrd, n: int) -> list[float]:
     out = []
     for _ in range(n):
         settle(j, "jupyter")
-        os.kill(j.supervisor_pid("jupyter"), signal.SIGKILL)
+        old = j.supervisor_pid("jupyter")
+        os.kill(old, signal.SIGKILL)
+        wait_for(lambda: not leftovers.alive(old), 10, "the old Jupyter to be gone")
         holder = hold_port(j.jupyter_port)
         try:
             wait_for(lambda: "crash_loop" in json.loads(j.jrdctl("status", "--json").stdout)["programs"]["jupyter"],

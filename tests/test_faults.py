@@ -350,7 +350,9 @@ def test_jupyter_port_taken_at_start_names_the_holder(make_jrd) -> None:  # type
 def test_jupyter_port_taken_while_running_is_a_visible_crash_loop_that_recovers(make_jrd) -> None:  # type: ignore
     j: Jrd = make_jrd(FAST_HEALTH)
     j.start()
-    os.kill(j.supervisor_pid("jupyter"), signal.SIGKILL)
+    old = j.supervisor_pid("jupyter")
+    os.kill(old, signal.SIGKILL)
+    wait_for(lambda: proc_stat(old) is None or proc_stat(old)[0] == "Z", 10, "the old Jupyter to be gone")
     holder = hold_port(j.jupyter_port)  # faster than the new Jupyter, which binds after seconds
     try:
         def looping() -> dict:
