@@ -19,7 +19,7 @@ from typing import Callable
 
 from jrd import certs, nginx, passwords, prepare, preflight, profiles
 from jrd.config import Config
-from jrd.errors import ConfigError, JrdError
+from jrd.errors import ConfigError, JrdError, PreflightError
 from jrd.fsutil import atomic_write, ensure_dir
 from jrd.layout import Layout
 from jrd.render import RenderedFile, RenderInputs, render_all
@@ -95,7 +95,12 @@ def build_to_run(config: Config, layout: Layout, now: object, contribute: Contri
 
 
 def check(config: Config) -> None:
-    """What `jrd check` does: the whole build in a temporary directory; nothing real changes."""
+    """What `jrd check` does: everything `jrd run` would start, built and tested aside; nothing real changes.
+
+    nginx.conf through `nginx -t`, supervisord.conf through supervisord's own
+    parser, Jupyter's config through Python's compiler, and, when no jrd runs
+    on these directories, the ports.
+    """
     real = Layout.of(config)
     with tempfile.TemporaryDirectory(prefix="jrd-check-") as tmp:
         layout = Layout(Path(tmp) / "state", Path(tmp) / "run", Path(tmp) / "log")
@@ -107,8 +112,43 @@ def check(config: Config) -> None:
             # No certificate yet: test with a throwaway one, leave the state dir alone.
             tls, _ = prepare.ensure_own_tls(config, layout, certs.utcnow())
         hashed = passwords.read_password_hash(real.password_file) if real.password_file.exists() else None
-        build(config, layout, tls, hashed or "argon2:placeholder", "0" * 64, staging=Path(tmp),
-              create_root_dir=False)
+        built = build(config, layout, tls, hashed or "argon2:placeholder", "0" * 64, staging=Path(tmp),
+                      create_root_dir=False)
+        check_supervisord_conf(built.files["supervisord.conf"].content, Path(tmp))
+        check_jupyter_conf(built.files["jupyter_server_config.py"].content)
+    lock = preflight.InstanceLock(real.lock_file)
+    try:
+        lock.acquire()
+    except PreflightError:
+        return  # jrd runs on these directories: the ports are its own
+    except OSError:
+        pass  # no runtime dir yet: no jrd has run here
+    try:
+        preflight.check_ports(config)
+    finally:
+        lock.release()
+
+
+def check_supervisord_conf(content: bytes, into: Path) -> None:
+    """supervisord's own parser on the rendered file: what it would refuse at start, refused now."""
+    # Only in `jrd check`: supervisor.options costs the daemon some 13 MB that it never needs otherwise.
+    from supervisor.options import ServerOptions
+
+    staged = into / "supervisord.conf"
+    atomic_write(staged, content, 0o600)
+    opts = ServerOptions()
+    opts.configfile = str(staged)
+    try:
+        opts.process_config(do_usage=False)
+    except ValueError as exc:
+        raise ConfigError(f"supervisord would refuse the rendered config: {exc}") from None
+
+
+def check_jupyter_conf(content: bytes) -> None:
+    try:
+        compile(content, "jupyter_server_config.py", "exec")
+    except SyntaxError as exc:
+        raise ConfigError(f"the rendered Jupyter config is not valid Python: {exc}") from None
 
 
 def make_dirs(inp: RenderInputs, create_root_dir: bool = True) -> None:

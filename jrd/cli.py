@@ -60,7 +60,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     config = resolve_config(args)
     build.check(config)
-    print(f"{config.source or 'the built-in defaults'}: OK (config valid, nginx accepts the rendered config)")
+    print(f"{config.source or 'the built-in defaults'}: OK (config valid; nginx, supervisord and Jupyter "
+          "accept what it renders; its ports are free or jrd's own)")
     return 0
 
 

@@ -56,13 +56,14 @@ class StrayReaper:
     _first_seen: dict[int, float] = field(default_factory=dict)
 
     def sweep(self, exclude: set[int]) -> list[int]:
-        """One pass; returns the PIDs signalled or reaped."""
-        mine, now, touched = os.getpgrp(), self.clock(), []
+        """One pass; returns the PIDs it met for the first time (signalled or reaped)."""
+        mine, now, new = os.getpgrp(), self.clock(), []
         alive = set()
         for child in children(os.getpid()):
             if child.pid in exclude or child.pgid == mine:
                 continue
-            touched.append(child.pid)
+            if child.pid not in self._first_seen:
+                new.append(child.pid)
             if child.state == "Z":
                 _wait(child.pid)
                 continue
@@ -70,7 +71,7 @@ class StrayReaper:
             first = self._first_seen.setdefault(child.pid, now)
             _signal(child.pid, signal.SIGKILL if now - first >= self.grace else signal.SIGTERM)
         self._first_seen = {pid: t for pid, t in self._first_seen.items() if pid in alive}
-        return touched
+        return new
 
 
 def reap_all(grace: float = 5.0) -> None:

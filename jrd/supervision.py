@@ -153,7 +153,7 @@ class Supervision:
             self.deathwatch.follow(pids | ({self.supervisord.pid} if self.supervisord is not None else set()))
         exclude = {self.supervisord.pid} if self.supervisord is not None else set()
         for pid in self.strays.sweep(exclude):
-            log.info("ended orphaned process %d (a kernel whose Jupyter is gone)", pid)
+            log.info("ended orphaned process %d (its program is gone: a kernel, or an nginx worker)", pid)
 
     def _act(self, name: str, info: ProcessInfo, action: str | None) -> None:
         try:

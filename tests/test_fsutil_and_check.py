@@ -7,6 +7,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from jrd.fsutil import atomic_write
 
 from conftest import JRD, Jrd
@@ -135,3 +137,32 @@ def test_check_refuses_unreadable_external_certificate(make_jrd, tmp_path: Path)
     res = j.jrd("check")
     assert res.returncode == 5, res.stderr
     assert "cannot read certificate" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_check_refuses_what_supervisord_would_refuse(tmp_path: Path) -> None:
+    from jrd.build import check_supervisord_conf
+    from jrd.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="supervisord would refuse the rendered config: Invalid user name"):
+        check_supervisord_conf(b"[supervisord]\n[program:x]\ncommand = /bin/true\nuser = nosuchuser-jrd\n", tmp_path)
+    check_supervisord_conf(b"[supervisord]\n[program:x]\ncommand = /bin/true\n", tmp_path)
+
+
+def test_check_names_a_busy_port_when_jrd_is_not_running(make_jrd) -> None:  # type: ignore[no-untyped-def]
+    import socket
+
+    j: Jrd = make_jrd()
+    with socket.socket() as busy:
+        busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        busy.bind(("127.0.0.1", j.port))
+        busy.listen()
+        res = j.jrd("check")
+    assert res.returncode == 3, res.stderr
+    assert f"port {j.port}" in res.stderr and f"pid {os.getpid()}" in res.stderr
+
+
+def test_check_of_a_running_jrd_is_ok(make_jrd) -> None:  # type: ignore[no-untyped-def]
+    j: Jrd = make_jrd()
+    j.start()
+    res = j.jrd("check")
+    assert res.returncode == 0 and "OK" in res.stdout, res.stderr
