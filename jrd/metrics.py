@@ -207,6 +207,7 @@ class JrdCollector:
         yield from self._jupyter_metrics(got["jupyter"][0])
         yield from self._nginx(got["nginx"][0])
         yield from self._probes(ledger)
+        yield from self._serving(ledger)
         info = _gauge("jrd_build_info", "jrd's version; always 1.", ["version"])
         info.add_metric([__version__], 1)
         yield info
@@ -360,6 +361,17 @@ class JrdCollector:
         yield took
         yield at
         yield failures
+
+    def _serving(self, ledger: Snapshot) -> Iterator[Metric]:
+        serving = ledger.serving
+        if serving is None:
+            return
+        up = _gauge("jrd_serving", "Whether Jupyter answered through nginx at jrd's last check (1) or not (0).")
+        up.add_metric([], 1 if serving.ok else 0)
+        yield up
+        at = _gauge("jrd_serving_checked_timestamp_seconds", "When jrd last checked that it serves, as a Unix time.")
+        at.add_metric([], serving.checked_at)
+        yield at
 
 
 def build_registry(collector: JrdCollector) -> CollectorRegistry:

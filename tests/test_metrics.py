@@ -220,6 +220,15 @@ def test_config_reload_metrics(daemon: Daemon) -> None:
     assert m["jrd_config_last_reload_success_timestamp_seconds"] == NOW
 
 
+def test_serving_comes_from_the_last_check_through_nginx(daemon: Daemon) -> None:
+    from jrd.ledger import Serving
+
+    assert "jrd_serving" not in scrape(make(daemon, FakeRpc([])))  # not checked yet: no claim either way
+    daemon.ledger.record_serving(Serving(False, NOW, "HTTP 502 through nginx"))
+    m = scrape(make(daemon, FakeRpc([])))
+    assert m["jrd_serving"] == 0 and m["jrd_serving_checked_timestamp_seconds"] == NOW
+
+
 def test_probe_metrics_come_from_the_ledger(daemon: Daemon) -> None:
     daemon.ledger.record_probe(health.ProbeOutcome("jupyter", False, 1.5, "timed out", NOW), 2)
     m = scrape(make(daemon, FakeRpc([])))
@@ -453,7 +462,7 @@ def promtool(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_alert_rules_pass_promtool_check() -> None:
     res = promtool("check", "rules", "jrd-alerts.yml")
-    assert res.returncode == 0 and "SUCCESS: 9 rules found" in res.stdout, res.stdout + res.stderr
+    assert res.returncode == 0 and "SUCCESS: 10 rules found" in res.stdout, res.stdout + res.stderr
 
 
 def test_alert_rules_unit_tests_pass() -> None:
