@@ -361,12 +361,16 @@ def test_jupyter_port_taken_while_running_is_a_visible_crash_loop_that_recovers(
     try:
         def looping() -> dict:
             st = json.loads(j.jrdctl("status", "--json").stdout)
-            return st if "crash_loop" in st["programs"]["jupyter"] else {}
+            return st if "crash_loop" in st["programs"]["jupyter"] and not st["serving"]["ok"] else {}
 
-        status = wait_for(looping, 120, "the crash loop to show")
-        assert status["serving"]["ok"] is False  # type: ignore[index]
-        table = j.jrdctl("status")
-        assert table.returncode == 3 and "jupyter: crash loop" in table.stdout, table.stdout
+        status = wait_for(looping, 120, "the crash loop in jrdctl status --json")
+        assert status["programs"]["jupyter"]["crash_loop"]["restarts"] >= 3  # type: ignore[index]
+
+        def shown() -> bool:
+            table = j.jrdctl("status")
+            return table.returncode == 3 and "jupyter: crash loop" in table.stdout and "NOT serving" in table.stdout
+
+        wait_for(shown, 120, "the crash loop in jrdctl status")
     finally:
         holder.kill()
         holder.wait()
