@@ -59,6 +59,14 @@ def settle(j: Jrd, program: str) -> None:
     wait_for(lambda: probed_ok_since(j, program, now), 60, f"a passing probe of {program}")
 
 
+def first_supervisord(j: Jrd) -> int:
+    """supervisord's pid, 0 while there is none (or, during a restart, two)."""
+    try:
+        return supervisord_pid(j)
+    except AssertionError:
+        return 0
+
+
 def trials(j: Jrd, n: int, program: str, victim: Callable[[], int]) -> list[float]:
     out = []
     for _ in range(n):
@@ -162,8 +170,8 @@ def main() -> int:
     j.start()
     try:
         jupyter = trials(j, args.trials, "jupyter", lambda: j.supervisor_pid("jupyter"))
-        nginx = trials(j, args.trials, "nginx", lambda: nginx_masters(j)[0])
-        supervisord = trials(j, max(3, args.trials // 2), "jupyter", lambda: supervisord_pid(j))
+        nginx = trials(j, args.trials, "nginx", lambda: (nginx_masters(j) or [0])[0])
+        supervisord = trials(j, max(3, args.trials // 2), "jupyter", lambda: first_supervisord(j))
         loops = crash_loops(j, args.crash_loops)
     finally:
         j.stop()
