@@ -375,3 +375,52 @@ def test_jupyter_port_taken_while_running_is_a_visible_crash_loop_that_recovers(
         holder.kill()
         holder.wait()
     assert_recovers(j, "the port freed", timeout=RECOVERY + 300)
+
+
+def fill(directory: Path) -> Path:
+    """Fill the file system under `directory` until it has no byte left."""
+    filler = directory / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        for chunk in (65536, 1):
+            try:
+                while f.write(b"\0" * chunk):
+                    pass
+            except OSError:
+                pass
+    return filler
+
+
+def test_a_full_state_and_runtime_disk_refuses_renewal_and_reload_and_keeps_serving(make_jrd) -> None:  # type: ignore
+    j: Jrd = make_jrd()
+    disk = j.base / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0755", "tmpfs", str(disk)], check=True)
+    try:
+        def on_disk(**overrides: str) -> None:
+            text = j.config_text(**overrides)
+            j.config_path.write_text(text.replace(f'"{j.base}/state"', f'"{disk}/state"')
+                                     .replace(f'"{j.base}/run"', f'"{disk}/run"'))
+
+        on_disk()
+        (disk / "state").mkdir(mode=0o700)
+        (j.base / "state").symlink_to(disk / "state")  # where the test helpers look for the CA and password
+        j.start()
+        tls = disk / "state" / "tls"
+        before = {name: (tls / name).read_bytes() for name in ("server.pem", "server-key.pem", "ca.pem")}
+        served = served_serial(j)
+        filler = fill(disk)
+        res = j.jrdctl("cert", "renew", "--force")
+        assert res.returncode == 1 and "No space left on device" in res.stderr, res.stderr
+        assert {name: (tls / name).read_bytes() for name in before} == before  # the old pair stays
+        on_disk(nginx='client_max_body_size = "600m"\n')
+        res = j.jrdctl("reload")
+        assert res.returncode == 1 and "No space left on device" in res.stderr, res.stderr
+        assert b"600m" not in (disk / "run" / "nginx" / "nginx.conf").read_bytes()  # the old config stays
+        assert j.serving() and served_serial(j) == served
+        filler.unlink()
+        assert j.jrdctl("cert", "renew", "--force").returncode == 0
+        wait_for(lambda: served_serial(j) != served, 30, "the renewed certificate once there is room")
+        assert j.jrdctl("reload").returncode == 0
+    finally:
+        j.stop()
+        subprocess.run(["umount", "-l", str(disk)], check=False)
