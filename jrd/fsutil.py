@@ -85,7 +85,8 @@ def ensure_dir(path: Path, mode: int, owner: tuple[int, int] | None = None, forc
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-            raise JrdError(f"{path} is a symlink or not a directory; jrd will not follow it there: remove it and try again") from None
+            raise JrdError(f"{path} is a symlink or not a directory; jrd will not follow it there: "
+                           "remove it and try again") from None
         raise
     try:
         if created or force:

@@ -226,7 +226,8 @@ class JrdCollector:
         sup = _gauge("jrd_supervisord_up", "Whether supervisord answered this scrape over XML-RPC.")
         sup.add_metric([], 0 if procs is None else 1)
         yield sup
-        up = _gauge("jrd_program_up", "Whether supervisord reports the program RUNNING (0 if supervisord is unresponsive).",
+        up = _gauge("jrd_program_up",
+                    "Whether supervisord reports the program RUNNING (0 if supervisord is unresponsive).",
                     ["program"])
         state = _gauge("jrd_program_state", "The program's supervisord state: 1 for the current one, 0 for the others.",
                        ["program", "state"])
@@ -317,7 +318,8 @@ class JrdCollector:
             ("jrd_jupyter_connections", "Open kernel connections (websockets) to Jupyter.", activity.connections),
             ("jrd_jupyter_last_activity_timestamp_seconds", "Jupyter's last user activity, as a Unix time.",
              activity.last_activity),
-            ("jrd_jupyter_start_timestamp_seconds", "When the Jupyter server started, as a Unix time.", activity.started),
+            ("jrd_jupyter_start_timestamp_seconds", "When the Jupyter server started, as a Unix time.",
+             activity.started),
         ):
             g = _gauge(name, doc)
             g.add_metric([], value)
@@ -345,7 +347,8 @@ class JrdCollector:
     def _probes(self, ledger: Snapshot) -> Iterator[Metric]:
         last = ledger.probes
         ok = _gauge("jrd_probe_success", "Whether jrd's last health probe of the program succeeded.", ["program"])
-        took = _gauge("jrd_probe_duration_seconds", "How long jrd's last health probe of the program took.", ["program"])
+        took = _gauge("jrd_probe_duration_seconds", "How long jrd's last health probe of the program took.",
+                      ["program"])
         at = _gauge("jrd_probe_timestamp_seconds", "When jrd last probed the program, as a Unix time.", ["program"])
         failures = _gauge("jrd_probe_consecutive_failures",
                           "Failed health probes in a row that count towards an unhealthy restart.", ["program"])

@@ -39,7 +39,8 @@ def test_config(nginx: Path, conf: Path, timeout: float = 30.0) -> None:
         lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
         reason = "; ".join(l for l in lines if "[emerg]" in l or "[crit]" in l) or "; ".join(lines[-2:])
         if not reason:
-            reason = f"`{nginx} -t` exited with status {proc.returncode} and said nothing; is [nginx] binary really nginx?"
+            reason = (f"`{nginx} -t` exited with status {proc.returncode} and said nothing; "
+                      "is [nginx] binary really nginx?")
         raise NginxConfigError(f"nginx rejected the rendered config: {reason}")
 
 

@@ -94,7 +94,8 @@ class Operations:
                     # The file watcher normally reloads on a change; this catches a missed event.
                     self._reload_later("certificate check")
                 return {"renewed": False, "reason": "certificates are external; their owner renews them", **state}
-            return self._certificates.renew(self._config(), self._layout, force=force, reload_nginx=self._nginx().reload)
+            return self._certificates.renew(self._config(), self._layout, force=force,
+                                            reload_nginx=self._nginx().reload)
         except JrdError:
             if reply_expected:
                 raise

@@ -59,7 +59,8 @@ class Debouncer:
     """Collapse a burst of events into one action once it settles.
 
     `note(now, settled)` records an event; `settled=False` means more is
-    expected soon (a file written and not closed yet, or just deleted).  `due(now)` is true once, when the burst is over.
+    expected soon (a file written and not closed yet, or just deleted).  `due(now)` is true once,
+    when the burst is over.
     """
 
     def __init__(self, quiet: float = QUIET, write_grace: float = WRITE_GRACE, max_delay: float = MAX_DELAY):

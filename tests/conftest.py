@@ -54,7 +54,8 @@ def wait_for(predicate: Callable[[], object], timeout: float, what: str, interva
         except Exception as exc:  # noqa: BLE001 - reported below if it never succeeds
             last_exc = exc
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}" + (f" (last error: {last_exc})" if last_exc else ""))
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}"
+                         + (f" (last error: {last_exc})" if last_exc else ""))
 
 
 def ensure_test_user() -> str:
@@ -145,7 +146,8 @@ class Jrd:
 
     def config_text(self, extra: str = "", **overrides: str) -> str:
         sections = {
-            "jupyter": f'user = "{self.user}"\nallow_root = {str(self.allow_root).lower()}\nport = {self.jupyter_port}\n'
+            "jupyter": f'user = "{self.user}"\nallow_root = {str(self.allow_root).lower()}\n'
+            f'port = {self.jupyter_port}\n'
             f'root_dir = "{self.notebooks}"\nrestart_policy = "immediate"\n',
             "nginx": f'listen = ["127.0.0.1"]\nport = {self.port}\n',
             "tls": 'names = ["jrd.test"]\nip_addresses = ["127.0.0.2"]\n',
@@ -241,7 +243,8 @@ class Jrd:
 
     def supervisor_pid(self, program: str) -> int:
         out = subprocess.run(
-            [sys.executable, "-m", "supervisor.supervisorctl", "-c", str(self.run_dir / "supervisor" / "supervisord.conf"),
+            [sys.executable, "-m", "supervisor.supervisorctl", "-c",
+             str(self.run_dir / "supervisor" / "supervisord.conf"),
              "pid", program], capture_output=True, text=True, timeout=30)
         return int(out.stdout.strip() or 0)
 

@@ -79,7 +79,8 @@ class BrowserLog:
     websocket_frames: int = 0
 
     def attach(self, page: Any) -> None:
-        page.on("console", lambda m: self.console.append(f"{m.type}: {m.text}") if m.type in ("error", "warning") else None)
+        page.on("console", lambda m: self.console.append(f"{m.type}: {m.text}")
+                if m.type in ("error", "warning") else None)
         page.on("pageerror", lambda e: self.page_errors.append(str(e)))
         page.on("requestfailed", lambda r: self.failed_requests.append(f"{r.method} {r.url}: {r.failure}"))
         page.on("response", lambda r: self.http_errors.append(f"{r.status} {r.request.method} {r.url}")

@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from conftest import JRD, PASSWORD, Jrd, descendants, execute, kernel_pids, open_kernel_ws, pids_alive, tls_peer_cert, wait_for
+from conftest import (JRD, PASSWORD, Jrd, descendants, execute, kernel_pids, open_kernel_ws, pids_alive, tls_peer_cert,
+                      wait_for)
 
 pytestmark = pytest.mark.integration
 

@@ -82,7 +82,8 @@ def stub(path: Path, timeout: float) -> dict[str, int]:
 
 @pytest.fixture
 def daemon(tmp_path: Path) -> Daemon:
-    cfg = Config(paths=PathsConfig(state_dir=tmp_path / "state", runtime_dir=tmp_path / "run", log_dir=tmp_path / "log"))
+    cfg = Config(paths=PathsConfig(state_dir=tmp_path / "state", runtime_dir=tmp_path / "run",
+                                   log_dir=tmp_path / "log"))
     return Daemon(cfg)
 
 
@@ -239,7 +240,8 @@ def test_probe_metrics_come_from_the_ledger(daemon: Daemon) -> None:
 
 def test_full_registry_passes_promtool(daemon: Daemon, tmp_path: Path) -> None:
     count(daemon.ledger, "jupyter", "crash", 1)
-    registry = metrics.build_registry(make(daemon, FakeRpc([info("jupyter", "RUNNING", 1), info("nginx", "RUNNING", 2)])))
+    rpc = FakeRpc([info("jupyter", "RUNNING", 1), info("nginx", "RUNNING", 2)])
+    registry = metrics.build_registry(make(daemon, rpc))
     text = generate_latest(registry).decode()
     assert "process_resident_memory_bytes" in text and "python_info" in text and "jrd_build_info" in text
     res = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
@@ -273,7 +275,8 @@ def test_split_host_port() -> None:
 
 def frame(eventname: str, payload: str, serial: int = 1) -> bytes:
     body = payload.encode()
-    header = f"ver:3.0 server:supervisor serial:{serial} pool:jrd-events poolserial:{serial} eventname:{eventname} len:{len(body)}\n"
+    header = (f"ver:3.0 server:supervisor serial:{serial} pool:jrd-events poolserial:{serial} "
+              f"eventname:{eventname} len:{len(body)}\n")
     return header.encode() + body
 
 
@@ -439,7 +442,8 @@ def test_monitor_restarts_through_the_command_path() -> None:
 
 def test_monitor_timer_probes_in_threads_and_reports_back() -> None:
     d = FakeStack()
-    mon = health.HealthMonitor(probes={"jupyter": lambda config, layout, timeout: health.ProbeOutcome("jupyter", True, 0.01)})
+    mon = health.HealthMonitor(
+        probes={"jupyter": lambda config, layout, timeout: health.ProbeOutcome("jupyter", True, 0.01)})
     mon.start(d.context)
     assert d.scheduled == [("health", d.config.health.interval_seconds)]
     mon.on_timer()

@@ -189,7 +189,8 @@ def test_new_server_name_is_accepted_by_nginx(jrd: Jrd) -> None:
     host = {"Host": f"new.example:{jrd.port}"}
     assert jrd.session().get(jrd.url("/api"), headers=host, timeout=10).status_code == 421
     limit = next_limit()
-    one_reload(jrd, lambda: write_atomically(jrd.config_path, config(jrd, limit, nginx='server_names = ["new.example"]\n')))
+    one_reload(jrd, lambda: write_atomically(jrd.config_path,
+                                             config(jrd, limit, nginx='server_names = ["new.example"]\n')))
     # Jupyter's own Host check learns the name too, so this one restarts Jupyter (policy "immediate").
     wait_for(lambda: jrd.session().get(jrd.url("/api"), headers=host, timeout=10).status_code == 200, 60,
              "the new name to be served")
@@ -316,7 +317,8 @@ def test_deleted_config_keeps_running_and_its_return_applies(jrd: Jrd) -> None:
     assert jrd.read_output().count("disappeared") == 1
     assert jrd.serving()
     limit = next_limit()
-    one_reload(jrd, lambda: jrd.config_path.write_text(text.replace(re.search(r'"\d+m"', text).group(0), f'"{limit}m"')))
+    one_reload(jrd, lambda: jrd.config_path.write_text(
+        text.replace(re.search(r'"\d+m"', text).group(0), f'"{limit}m"')))
     wait_for(lambda: limit_is_live(jrd, limit), 5, "the restored config to be live")
 
 

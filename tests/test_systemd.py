@@ -215,7 +215,8 @@ class Booted:
             fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
             if fields["State"].split()[0] == "Z" or not cmdline:
                 continue
-            out.append(Proc(int(entry), int(fields["NSpid"].split()[-1]), int(fields["Uid"].split()[1]), cmdline.strip()))
+            out.append(Proc(int(entry), int(fields["NSpid"].split()[-1]), int(fields["Uid"].split()[1]),
+                            cmdline.strip()))
         return out
 
     def host_pid(self, ns_pid: int) -> int:

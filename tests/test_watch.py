@@ -310,7 +310,8 @@ def test_added_certificate_files_are_watched_after_a_reload(setup) -> None:  # t
     new = parse_config(text, source=conf)
     watcher.config_changed(daemon.config, new)
     daemon.config = new
-    wait_for(lambda: archive in watcher.watched and live in watcher.watched, 5, "the certificate directories to be watched")
+    wait_for(lambda: archive in watcher.watched and live in watcher.watched, 5,
+             "the certificate directories to be watched")
     # certbot's renewal: new archive files, then both live links flipped.
     for name in ("fullchain", "privkey"):
         (archive / f"{name}2.pem").write_text(f"{name} 2")
