@@ -337,7 +337,7 @@ def cmd_logs(client: Client, args: argparse.Namespace) -> int:
 
 def certificate_details(client: Client) -> dict[str, Any]:
     """Leaf and CA details: from the daemon, filled in from the files where it gave less."""
-    from jrd import certs
+    from jrd.tls import certs
 
     given = client.call("status").get("certificates") or {}
     out: dict[str, Any] = {}
@@ -399,7 +399,7 @@ def cmd_cert(client: Client, args: argparse.Namespace) -> int:
 
 def export_ca(client: Client, out: Path, as_json: bool) -> int:
     """Write the CA as PEM and as an iOS/iPadOS .mobileconfig, as `jrd ca export` does."""
-    from jrd import certs, profiles
+    from jrd.tls import certs, profiles
 
     config = client.config
     if config.external_tls:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from jrd import __version__, certs, logs, nginx, passwords, prepare, probe, processes, renewal, states
+from jrd import __version__, logs, nginx, passwords, prepare, probe, processes, states
 from jrd.config import Config, load_config
 from jrd.errors import Interrupted, JrdError, PreflightError, ReloadApplyError, StartupError, SupervisorError
 from jrd.fsutil import atomic_write, ensure_dir
@@ -32,6 +32,7 @@ from jrd.render import RenderedFile, RenderInputs
 from jrd.reload_plan import ReloadPlan, effective_config, jupyter_baseline, plan_reload
 from jrd.sdnotify import notify, watchdog_interval
 from jrd.supervisor import Supervisor, become_subreaper, launch_supervisord, stop_supervisord
+from jrd.tls import bootstrap, certs, renewal
 
 log = logging.getLogger("jrd")
 
@@ -234,10 +235,7 @@ class Daemon:
     def build(self, cfg: Config) -> tuple[RenderInputs, dict[str, RenderedFile], str | None]:
         """Everything a config needs, rendered and tested, but nothing installed."""
         layout = Layout.of(cfg)
-        if cfg.external_tls:
-            tls, issued = prepare.external_tls(cfg), None
-        else:
-            tls, issued = self._own_tls(cfg, layout)
+        tls, issued = self._own_tls(cfg, layout)
         hashed = passwords.read_password_hash(layout.password_file)
         if hashed is None:
             raise JrdError(f"no login password is set ({layout.password_file} is missing); set one with `jrd passwd`")
@@ -247,8 +245,8 @@ class Daemon:
         files = prepare.render_checked(inputs, ensure_dir(layout.runtime_dir / "staging", 0o700))
         return inputs, files, issued
 
-    def _own_tls(self, cfg: Config, layout: Layout) -> tuple[prepare.TlsFiles, str | None]:
-        return prepare.ensure_own_tls(cfg, layout, self._wall())
+    def _own_tls(self, cfg: Config, layout: Layout) -> tuple[bootstrap.TlsFiles, str | None]:
+        return bootstrap.ensure_tls(cfg, layout, self._wall())
 
     def _with_extensions(self, inputs: RenderInputs) -> RenderInputs:
         for ext in self.extensions:

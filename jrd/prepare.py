@@ -1,26 +1,27 @@
 """Turn a config into files on disk: gather the facts, render, test, write.
 
 This is the I/O half of rendering.  `gather_inputs` reads the machine and
-the state dir, `jrd.render.render_all` (pure) makes the text, `stage`
-writes it to a scratch directory and runs `nginx -t` there, and `install`
-moves it into the runtime dir with atomic writes.
+the state dir (the TLS files come from `jrd.tls.bootstrap.ensure_tls`),
+`jrd.render.render_all` (pure) makes the text, `stage` writes it to a
+scratch directory and runs `nginx -t` there, and `install` moves it into
+the runtime dir with atomic writes.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import pwd
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
-from jrd import certs, nginx, profiles
+from jrd import nginx
 from jrd.config import Config
 from jrd.errors import ConfigError, PreflightError
 from jrd.fsutil import atomic_write, ensure_dir
 from jrd.layout import Layout
 from jrd.render import Account, RenderedFile, RenderInputs, render_all
+from jrd.tls import profiles
+from jrd.tls.bootstrap import TlsFiles
 
 
 def venv_bin() -> Path:
@@ -68,37 +69,9 @@ def nginx_worker_user() -> str:
     return "nobody"
 
 
-@dataclass(frozen=True)
-class TlsFiles:
-    cert: Path
-    key: Path
-    ca_pem: bytes | None
-
-
-def ensure_own_tls(config: Config, layout: Layout, now: dt.datetime) -> tuple[TlsFiles, str | None]:
-    """Make sure jrd's CA and a current leaf exist; returns the files and why a leaf was issued."""
-    ca_cert, ca_key, _ = certs.ensure_ca(layout.ca_cert, layout.ca_key, dt.timedelta(days=config.tls.ca_lifetime_days), now)
-    policy = certs.policy_from_config(config)
-    leaf = certs.current_leaf(layout.leaf_cert, layout.leaf_key)
-    reason = None
-    if leaf is None:
-        reason = "no usable leaf certificate"
-    else:
-        decision = certs.renewal_due(leaf, now, policy, ca_cert)
-        if decision.due:
-            reason = decision.reason
-    if reason:
-        certs.issue_leaf(ca_cert, ca_key, policy, layout.leaf_cert, layout.leaf_key, now)
-    return TlsFiles(layout.leaf_cert, layout.leaf_key, certs.pem(ca_cert)), reason
-
-
-def external_tls(config: Config) -> TlsFiles:
-    assert config.tls.cert_file and config.tls.key_file
-    certs.load_pair(config.tls.cert_file, config.tls.key_file)
-    return TlsFiles(config.tls.cert_file, config.tls.key_file, None)
-
-
-def gather_inputs(config: Config, layout: Layout, tls: TlsFiles, hashed_password: str, token: str) -> RenderInputs:
+def gather_inputs(
+    config: Config, layout: Layout, tls: TlsFiles, hashed_password: str, token: str
+) -> RenderInputs:
     ca_cert = None
     mobileconfig = None
     if tls.ca_pem is not None and config.tls.serve_ca:

@@ -21,7 +21,7 @@ import pytest
 import requests
 
 from conftest import REPO, Jrd, free_port, parse_exposition, short_tmp, wait_for
-from jrd import certs
+from jrd.tls import certs
 from jrd.metrics import SCRAPE_CALL_TIMEOUT
 
 pytestmark = pytest.mark.integration
@@ -147,7 +147,8 @@ def test_prometheus_scrapes_jupyter_up_and_the_certificate_on_disk(jrd: Jrd, pro
     wait_for(lambda: prom.value('jrd_program_up{program="jupyter"}') == 1, 60, "Prometheus to see Jupyter up")
     leaf = certs.load_cert(jrd.state / "tls" / "server.pem")
     ca = certs.load_cert(jrd.state / "tls" / "ca.pem")
-    assert prom.value('jrd_certificate_not_after_timestamp_seconds{cert="leaf"}') == leaf.not_valid_after_utc.timestamp()
+    leaf_not_after = leaf.not_valid_after_utc.timestamp()
+    assert prom.value('jrd_certificate_not_after_timestamp_seconds{cert="leaf"}') == leaf_not_after
     assert prom.value('jrd_certificate_not_after_timestamp_seconds{cert="ca"}') == ca.not_valid_after_utc.timestamp()
     assert prom.value('up{job="jrd"}') == 1
     # the shipped alert rules load into a real server and evaluate cleanly
