@@ -166,8 +166,9 @@ def under_load(j: Jrd, seconds: float, action: Any, k: int) -> dict[str, Any]:
 
 
 def hard_restart_nginx(j: Jrd) -> None:
-    subprocess.run([sys.executable, "-m", "supervisor.supervisorctl", "-c", str(j.run_dir / "supervisor" / "supervisord.conf"),
-                    "restart", "nginx"], check=True, capture_output=True, timeout=60)
+    conf = j.run_dir / "supervisor" / "supervisord.conf"
+    subprocess.run([sys.executable, "-m", "supervisor.supervisorctl", "-c", str(conf), "restart", "nginx"],
+                   check=True, capture_output=True, timeout=60)
 
 
 def machine() -> dict[str, str]:
@@ -212,7 +213,8 @@ def main() -> int:
     for key, label in (("load_no_renewal", "no renewal (baseline)"), ("load_renewals", f"{args.renewals} renewals"),
                        ("load_hard_restarts", f"{args.renewals} hard nginx restarts")):
         r = out[key]
-        print(f"{label:28s}: {r['failed']} failed of {r['requests']} requests ({r['rps']} req/s) {r['failure_kinds'] or ''}")
+        print(f"{label:28s}: {r['failed']} failed of {r['requests']} requests ({r['rps']} req/s) "
+              f"{r['failure_kinds'] or ''}")
     return 0
 
 

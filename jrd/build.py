@@ -9,6 +9,7 @@ rendering needs (`gather_inputs`), lets extensions add theirs, renders
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import pwd
 import sys
@@ -17,12 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from jrd import certs, nginx, passwords, prepare, preflight, profiles
+from jrd import nginx, passwords, preflight
 from jrd.config import Config
 from jrd.errors import ConfigError, JrdError, PreflightError
 from jrd.fsutil import atomic_write, ensure_dir
 from jrd.layout import Layout
 from jrd.render import RenderedFile, RenderInputs, render_all
+from jrd.tls import certs, profiles
+from jrd.tls.bootstrap import TlsFiles, ensure_tls
 
 Contribute = Callable[[RenderInputs], RenderInputs]
 
@@ -37,7 +40,7 @@ class Build:
     issued: str | None = None
 
 
-def gather_inputs(config: Config, layout: Layout, tls: prepare.TlsFiles, hashed_password: str,
+def gather_inputs(config: Config, layout: Layout, tls: TlsFiles, hashed_password: str,
                   token: str) -> RenderInputs:
     ca_cert = None
     mobileconfig = None
@@ -67,7 +70,7 @@ def gather_inputs(config: Config, layout: Layout, tls: prepare.TlsFiles, hashed_
     )
 
 
-def build(config: Config, layout: Layout, tls: prepare.TlsFiles, hashed_password: str, token: str, *,
+def build(config: Config, layout: Layout, tls: TlsFiles, hashed_password: str, token: str, *,
           contribute: Contribute | None = None, staging: Path | None = None,
           create_root_dir: bool = True) -> Build:
     """Render every derived file for `config`, make its directories, and `nginx -t` a staged copy."""
@@ -80,12 +83,9 @@ def build(config: Config, layout: Layout, tls: prepare.TlsFiles, hashed_password
     return Build(inputs, files)
 
 
-def build_to_run(config: Config, layout: Layout, now: object, contribute: Contribute | None = None) -> Build:
+def build_to_run(config: Config, layout: Layout, now: dt.datetime, contribute: Contribute | None = None) -> Build:
     """The build a running jrd installs: its certificate issued if due, its password and token from the state dir."""
-    if config.external_tls:
-        tls, issued = prepare.external_tls(config), None
-    else:
-        tls, issued = prepare.ensure_own_tls(config, layout, now)  # type: ignore[arg-type]
+    tls, issued = ensure_tls(config, layout, now)
     hashed = passwords.read_password_hash(layout.password_file)
     if hashed is None:
         raise JrdError(f"no login password is set ({layout.password_file} is missing); set one with `jrd passwd`")
@@ -104,13 +104,12 @@ def check(config: Config) -> None:
     real = Layout.of(config)
     with tempfile.TemporaryDirectory(prefix="jrd-check-") as tmp:
         layout = Layout(Path(tmp) / "state", Path(tmp) / "run", Path(tmp) / "log")
-        if config.external_tls:
-            tls = prepare.external_tls(config)
-        elif certs.current_leaf(real.leaf_cert, real.leaf_key) is not None:
-            tls = prepare.TlsFiles(real.leaf_cert, real.leaf_key, real.ca_cert.read_bytes())
+        if not config.external_tls and certs.current_leaf(real.leaf_cert, real.leaf_key) is not None:
+            tls = TlsFiles(real.leaf_cert, real.leaf_key, real.ca_cert.read_bytes())
         else:
-            # No certificate yet: test with a throwaway one, leave the state dir alone.
-            tls, _ = prepare.ensure_own_tls(config, layout, certs.utcnow())
+            # External: the pair checked, nothing written.  No certificate yet: a throwaway one
+            # in the temporary layout, the state dir left alone.
+            tls, _ = ensure_tls(config, layout, certs.utcnow())
         hashed = passwords.read_password_hash(real.password_file) if real.password_file.exists() else None
         built = build(config, layout, tls, hashed or "argon2:placeholder", "0" * 64, staging=Path(tmp),
                       create_root_dir=False)

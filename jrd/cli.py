@@ -7,17 +7,18 @@ code.  Expected failures (`JrdError`) print one line without a traceback.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import logging
 import os
 import sys
 from pathlib import Path
 
-from jrd import __version__, build, certs, passwords, prepare, profiles
+from jrd import __version__, build, passwords
 from jrd import config as config_module
 from jrd.config import DEFAULT_CONFIG_PATH, Config
 from jrd.errors import JrdError, UsageError
 from jrd.layout import Layout
+from jrd.tls import certs, profiles
+from jrd.tls.bootstrap import ensure_tls
 
 log = logging.getLogger("jrd")
 
@@ -40,7 +41,8 @@ def setup_logging(level: str) -> None:
     under_journal = bool(os.environ.get("JOURNAL_STREAM"))
     logging.basicConfig(
         level=getattr(logging, level.upper()),
-        format="%(levelname)s %(message)s" if under_journal else "%(asctime)s jrd[%(process)d] %(levelname)s %(message)s",
+        format=("%(levelname)s %(message)s" if under_journal
+                else "%(asctime)s jrd[%(process)d] %(levelname)s %(message)s"),
         stream=sys.stderr,
     )
 
@@ -78,11 +80,10 @@ def cmd_passwd(args: argparse.Namespace) -> int:
 def cmd_init(args: argparse.Namespace) -> int:
     config = resolve_config(args)
     layout = Layout.of(config)
+    _, reason = ensure_tls(config, layout, certs.utcnow())
     if config.external_tls:
-        prepare.external_tls(config)
         print(f"Using the external certificate {config.tls.cert_file}; no local CA is needed.")
         return 0
-    _, reason = prepare.ensure_own_tls(config, layout, certs.utcnow())
     ca = certs.load_cert(layout.ca_cert)
     print(f"Local CA: {layout.ca_cert} (SHA-256 {certs.fingerprint(ca)})")
     print(f"Certificate: {layout.leaf_cert}" + (f" (issued: {reason})" if reason else " (current)"))
@@ -94,7 +95,7 @@ def cmd_ca_export(args: argparse.Namespace) -> int:
     layout = Layout.of(config)
     if config.external_tls:
         raise UsageError("this jrd uses an external certificate; there is no local CA to export")
-    ca, _, _ = certs.ensure_ca(layout.ca_cert, layout.ca_key, dt.timedelta(days=config.tls.ca_lifetime_days), certs.utcnow())
+    ca, _, _ = certs.own_ca(config, layout, certs.utcnow())
     files = profiles.export_ca(ca, config, Path(args.output))
     print(f"Wrote {files['pem']} and {files['mobileconfig']}")
     print(f"CA SHA-256 fingerprint: {certs.fingerprint(ca)}")
@@ -128,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     ca = sub.add_parser("ca", help="the local CA").add_subparsers(dest="ca_command", required=True, metavar="ACTION")
     p = ca.add_parser("export", help="write the CA as PEM and as an iOS/iPadOS .mobileconfig",
                       description="write the CA as PEM and as an iOS/iPadOS .mobileconfig",
-                      epilog="example:\n  jrd ca export -o ~/jrd-ca", formatter_class=argparse.RawDescriptionHelpFormatter)
+                      epilog="example:\n  jrd ca export -o ~/jrd-ca",
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=Path, help=f"config file (default {DEFAULT_CONFIG_PATH})")
     p.add_argument("--dev", action="store_true", help="use the development defaults")
     p.add_argument("-o", "--output", default=".", help="directory to write into (default: current)")

@@ -24,7 +24,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from jrd import __version__, certs, nginx, passwords, preflight, processes, serving, states
+from jrd import __version__, nginx, passwords, preflight, processes, serving, states
 from jrd.build import build_to_run, install
 from jrd.config import Config, load_config
 from jrd.control.commands import handlers as control_handlers
@@ -39,10 +39,11 @@ from jrd.programs import Jupyter, Nginx, Program
 from jrd.operations import Operations
 from jrd.reload import Reloader, Running
 from jrd.render import RenderInputs
-from jrd.renewal import CertManager
 from jrd.sdnotify import notify, watchdog_interval
 from jrd.supervision import SUPERVISE_INTERVAL, CrashLoop, DeathWatch, Supervision
 from jrd.supervisor import Supervisor, become_subreaper, launch_supervisord, stop_supervisord
+from jrd.tls import certs
+from jrd.tls.renewal import CertManager
 
 log = logging.getLogger("jrd")
 

@@ -18,7 +18,7 @@ from jrd.layout import Layout
 from jrd.ledger import Ledger
 from jrd.programs import Nginx, Program
 from jrd.reload import Reloader
-from jrd.renewal import CertManager
+from jrd.tls.renewal import CertManager
 
 log = logging.getLogger("jrd")
 

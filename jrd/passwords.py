@@ -38,12 +38,6 @@ def hash_password(password: str) -> str:
     return passwd(password, algorithm="argon2")
 
 
-def check_password(hashed: str, password: str) -> bool:
-    from jupyter_server.auth import passwd_check
-
-    return passwd_check(hashed, password)
-
-
 def write_password_hash(path: Path, hashed: str) -> None:
     ensure_dir(path.parent, 0o700, force=False)
     atomic_write(path, hashed + "\n", 0o600)

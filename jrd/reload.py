@@ -20,22 +20,21 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
-from jrd import certs, preflight, states
+from jrd import preflight, states
 from jrd.build import Build, Contribute, build_to_run, install
 from jrd.config import Config
 from jrd.errors import JrdError, ReloadApplyError
-from jrd.fsutil import atomic_write
 from jrd.layout import Layout
 from jrd.ledger import Ledger
 from jrd.programs import Jupyter, Nginx
 from jrd.reload_plan import ReloadPlan, effective_config, jupyter_baseline, plan_reload
 from jrd.render import RenderedFile, RenderInputs
-from jrd.renewal import CertManager
+from jrd.tls import certs
+from jrd.tls.bootstrap import PairSnapshot
+from jrd.tls.renewal import CertManager
 from jrd.supervisor import Supervisor
 
 log = logging.getLogger("jrd")
@@ -149,12 +148,11 @@ class Reloader:
 
     def _build(self, new: Config) -> Build:
         """The new config built; a leaf issued for it is put back if a later check refuses it."""
-        pair = [] if new.external_tls else [self.layout.leaf_cert, self.layout.leaf_key]
-        before = _snapshot(pair)
+        before = PairSnapshot.take(new, self.layout)
         try:
             return build_to_run(new, self.layout, self._wall(), self._contribute)
         except BaseException:
-            _restore(before)
+            before.restore()
             raise
 
     def apply(self, plan: ReloadPlan, jupyter_reason: str) -> list[str]:
@@ -187,21 +185,3 @@ class Reloader:
             else:
                 actions.append(f"jupyter restarted ({jupyter_reason})")
         return actions
-
-
-def _snapshot(paths: list[Path]) -> dict[Path, tuple[bytes, os.stat_result]]:
-    """The bytes and stat of each existing file, to put back if a reload is refused."""
-    out = {}
-    for path in paths:
-        try:
-            out[path] = (path.read_bytes(), path.stat())
-        except FileNotFoundError:
-            pass
-    return out
-
-
-def _restore(snapshot: dict[Path, tuple[bytes, os.stat_result]]) -> None:
-    """Put back files that changed since `snapshot`, with their old mode and times."""
-    for path, (data, st) in snapshot.items():
-        if atomic_write(path, data, st.st_mode & 0o7777):
-            os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))

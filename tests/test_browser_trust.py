@@ -1,4 +1,4 @@
-"""Issue 3: a real browser trusts jrd's chain once its CA is imported, and not before.
+"""A real browser trusts jrd's chain once its CA is imported, and not before.
 
 Headless Debian Chromium, with a temporary HOME whose NSS database
 (~/.pki/nssdb, where Chromium on Linux reads user-added trust anchors) holds
@@ -49,8 +49,8 @@ class Browser:
         db.mkdir(parents=True)
         subprocess.run([tool("certutil"), "-d", f"sql:{db}", "-N", "--empty-password"], check=True, capture_output=True)
         if ca_pem is not None:
-            subprocess.run([tool("certutil"), "-d", f"sql:{db}", "-A", "-n", "jrd local CA", "-t", "C,,", "-i", str(ca_pem)],
-                           check=True, capture_output=True)
+            subprocess.run([tool("certutil"), "-d", f"sql:{db}", "-A", "-n", "jrd local CA", "-t", "C,,",
+                            "-i", str(ca_pem)], check=True, capture_output=True)
 
     def dump_dom(self, url: str, *extra: str) -> subprocess.CompletedProcess[str]:
         profile = tempfile.mkdtemp(prefix="profile-", dir=self.home)

@@ -1,4 +1,4 @@
-"""Issue 3, unit tier: the CA, the leaf, `renewal_due`, atomic pairs, profiles and the renewal manager.
+"""jrd.tls, unit tier: the CA, the leaf, `renewal_due`, `leaf_state`, atomic pairs, snapshots, profiles, the manager.
 
 Everything here runs on an injected clock and temp files; nothing sleeps.
 """
@@ -22,10 +22,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from jrd import certs, profiles, renewal
+from jrd.backoff import backoff_delay
 from jrd.config import Config, PathsConfig, TlsConfig
 from jrd.errors import CertError, NginxConfigError
 from jrd.layout import Layout
+from jrd.tls import certs, profiles, renewal
+from jrd.tls.bootstrap import PairSnapshot, TlsFiles, ensure_tls
 
 T0 = dt.datetime(2030, 3, 1, 12, 0, tzinfo=dt.timezone.utc)
 DAY = dt.timedelta(days=1)
@@ -186,11 +188,12 @@ def test_openssl_verifies_the_leaf_against_the_ca(tmp_path: Path) -> None:
         (tmp_path / "leaf.pem").write_bytes(certs.pem(cert))
         for extra in ([], ["-purpose", "sslserver", "-x509_strict", "-verify_hostname", "jrd.test"],
                       ["-purpose", "sslserver", "-verify_ip", "192.0.2.7"]):
-            proc = subprocess.run(["openssl", "verify", *extra, "-CAfile", str(tmp_path / "ca.pem"), str(tmp_path / "leaf.pem")],
-                                  capture_output=True, text=True)
+            proc = subprocess.run(["openssl", "verify", *extra, "-CAfile", str(tmp_path / "ca.pem"),
+                                   str(tmp_path / "leaf.pem")], capture_output=True, text=True)
             assert proc.returncode == 0 and proc.stdout.strip().endswith("OK"), proc.stdout + proc.stderr
-    wrong = subprocess.run(["openssl", "verify", "-verify_hostname", "evil.example", "-CAfile", str(tmp_path / "ca.pem"),
-                            str(tmp_path / "leaf.pem")], capture_output=True, text=True)
+    wrong = subprocess.run(["openssl", "verify", "-verify_hostname", "evil.example",
+                            "-CAfile", str(tmp_path / "ca.pem"), str(tmp_path / "leaf.pem")],
+                           capture_output=True, text=True)
     assert wrong.returncode != 0
 
 
@@ -317,8 +320,8 @@ def test_check_delay_is_the_due_time_capped_at_the_recheck() -> None:
 
 
 def test_retry_backoff_doubles_up_to_the_cap() -> None:
-    assert [renewal.retry_delay(n, 30, 3600) for n in range(0, 10)] == [0, 30, 60, 120, 240, 480, 960, 1920, 3600, 3600]
-    assert renewal.retry_delay(10_000, 30, 3600) == 3600
+    assert [backoff_delay(n, 30, 3600) for n in range(0, 10)] == [0, 30, 60, 120, 240, 480, 960, 1920, 3600, 3600]
+    assert backoff_delay(10_000, 30, 3600) == 3600
 
 
 class Clock:
@@ -339,11 +342,9 @@ def own_config(base: Path, **tls: object) -> Config:
 @pytest.fixture
 def issued(tmp_path: Path):  # type: ignore[no-untyped-def]
     """A config, its layout and a fresh CA + leaf on disk at T0."""
-    import jrd.prepare as prepare
-
     cfg = own_config(tmp_path)
     layout = Layout.of(cfg)
-    prepare.ensure_own_tls(cfg, layout, T0)
+    ensure_tls(cfg, layout, T0)
     return cfg, layout
 
 
@@ -370,7 +371,8 @@ def test_manager_renews_only_when_due_unless_forced(issued) -> None:  # type: ig
     result = mgr.renew(cfg, layout, force=False, reload_nginx=lambda: reloads.append("HUP"))
     assert result["renewed"] is False and "not due until" in result["reason"] and reloads == []
     result = mgr.renew(cfg, layout, force=True, reload_nginx=lambda: reloads.append("HUP"))
-    assert result == {"renewed": True, "reason": "forced", "serial": format(certs.load_cert(layout.leaf_cert).serial_number, "x")}
+    serial = format(certs.load_cert(layout.leaf_cert).serial_number, "x")
+    assert result == {"renewed": True, "reason": "forced", "serial": serial}
     assert reloads == ["HUP"] and certs.load_cert(layout.leaf_cert) != old
     clock.now = T0 + 70 * DAY
     new = certs.load_cert(layout.leaf_cert)
@@ -423,14 +425,14 @@ def test_manager_turns_a_disk_error_into_one_clear_error(issued, monkeypatch: py
     assert layout.leaf_cert.read_bytes() == old and mgr.record.failures == 1
 
 
-def test_manager_never_renews_in_a_loop_when_the_policy_cannot_be_met(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_manager_never_renews_in_a_loop_when_the_policy_cannot_be_met(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     cfg = own_config(tmp_path, leaf_lifetime_days=1, renew_when_remaining=0.99)
     layout = Layout.of(cfg)
     clock = Clock(T0)
     mgr = renewal.CertManager(wall=clock)
-    import jrd.prepare as prepare
-
-    prepare.ensure_own_tls(cfg, layout, T0)
+    ensure_tls(cfg, layout, T0)
     mgr.renew(cfg, layout, force=True, reload_nginx=lambda: None)
     assert mgr.next_check(cfg, layout) == 3600
     assert mgr.next_check(cfg, layout) == 3600
@@ -463,7 +465,8 @@ def test_external_pair_changes_are_noticed_by_digest(tmp_path: Path, ca) -> None
     (tmp_path / "privkey.pem").write_bytes(key2)
     assert mgr.external_changed(cfg) == renewal.external_digest(cfg)
     status = mgr.status(cfg, Layout.of(cfg))
-    assert status["mode"] == "external" and "ca" not in status and status["leaf"]["serial"] != format(cert.serial_number, "x")
+    assert status["mode"] == "external" and "ca" not in status
+    assert status["leaf"]["serial"] != format(cert.serial_number, "x")
     # A mismatched pair is reported, not raised.
     (tmp_path / "privkey.pem").write_bytes(key)
     assert "does not match" in mgr.check_external(cfg)["error"]
@@ -486,9 +489,7 @@ def test_external_expiry_warning_once_a_day(tmp_path: Path, ca, caplog: pytest.L
 def test_status_reparses_a_certificate_only_when_its_file_changes(tmp_path: Path) -> None:
     from unittest import mock
 
-    from jrd import renewal
     from jrd.config import parse_config
-    from jrd.layout import Layout
 
     cfg = parse_config(f'[paths]\nstate_dir = "{tmp_path}/s"\nruntime_dir = "{tmp_path}/r"\nlog_dir = "{tmp_path}/l"\n')
     layout = Layout.of(cfg)
@@ -505,3 +506,179 @@ def test_status_reparses_a_certificate_only_when_its_file_changes(tmp_path: Path
         after = manager.status(cfg, layout)
         assert load.call_count == 3  # only the replaced leaf
         assert after["leaf"]["serial"] == format(new.serial_number, "x")
+
+
+# --- the one "is the leaf due" decision, and everything that asks it ------------------------
+
+
+def _replace_ca(layout: Layout) -> None:
+    other, other_key = certs.make_ca(T0, dt.timedelta(days=3650), hostname="box")
+    layout.ca_cert.write_bytes(certs.pem(other))
+    layout.ca_key.write_bytes(certs.key_pem(other_key))
+
+
+def _remove_ca(layout: Layout) -> None:
+    layout.ca_cert.unlink()
+    layout.ca_key.unlink()
+
+
+def _mismatch_key(layout: Layout) -> None:
+    layout.leaf_key.write_bytes(certs.key_pem(certs.generate_key("ecdsa-p256")))
+
+
+# name: (config changes, what to do to the files issued at T0, the clock, expected reason or None when not due)
+SCENARIOS = {
+    "fresh leaf from the CA on disk": ({}, None, T0 + DAY, None),
+    "the CA was replaced": ({}, _replace_ca, T0 + DAY, "not issued by the current CA"),
+    "the CA was removed (a new one is made)": ({}, _remove_ca, T0 + DAY, "not issued by the current CA"),
+    "the leaf is missing": ({}, lambda layout: layout.leaf_cert.unlink(), T0 + DAY, "no usable leaf"),
+    "the leaf's key does not match": ({}, _mismatch_key, T0 + DAY, "no usable leaf"),
+    "1/3 of the lifetime not yet reached": ({}, None, T0 + 58 * DAY, None),
+    "less than 1/3 of the lifetime left": ({}, None, T0 + 60 * DAY, "below the renewal threshold"),
+    "40 days before expiry not yet reached": (
+        {"renew_before_days": 40.0, "renew_when_remaining": 0.1}, None, T0 + 49 * DAY, None),
+    "within 40 days of expiry": (
+        {"renew_before_days": 40.0, "renew_when_remaining": 0.1}, None, T0 + 51 * DAY, "below the renewal threshold"),
+}
+
+
+def _scenario(base: Path, name: str) -> tuple[Config, Layout, dt.datetime, str | None]:
+    tls, damage, now, reason = SCENARIOS[name]
+    cfg = own_config(base, **tls)
+    layout = Layout.of(cfg)
+    ensure_tls(cfg, layout, T0)
+    if damage is not None:
+        damage(layout)
+    return cfg, layout, now, reason
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_leaf_state_decides_and_every_caller_follows_it(tmp_path: Path, name: str) -> None:
+    """leaf_state's answer is what ensure_tls, CertManager.next_check and CertManager.renew act on."""
+    cfg, layout, now, reason = _scenario(tmp_path / "a", name)
+    state = certs.leaf_state(cfg, layout, now)
+    assert state.ca == certs.load_cert(layout.ca_cert)
+    assert state.decision.due == (reason is not None), state.decision
+    if reason is not None:
+        assert reason in state.decision.reason
+    # The schedule: due means check now; not due means the due time, capped at the recheck.
+    mgr = renewal.CertManager(wall=Clock(now))
+    delay = mgr.next_check(cfg, layout)
+    assert (delay == 0) == state.decision.due
+    # A scheduled renewal renews exactly when the decision says so, for the same reason.
+    result = mgr.renew(cfg, layout, force=False, reload_nginx=lambda: None)
+    assert result["renewed"] == state.decision.due
+    if reason is not None:
+        assert reason in result["reason"]
+        assert certs.renewal_due(certs.load_cert(layout.leaf_cert), now, state.policy, state.ca).due is False
+    # The build (and `jrd init`) issues exactly when the decision says so.
+    cfg, layout, now, reason = _scenario(tmp_path / "b", name)
+    files, issued = ensure_tls(cfg, layout, now)
+    assert (issued is not None) == (reason is not None)
+    if reason is not None:
+        assert reason in issued
+    assert files == TlsFiles(layout.leaf_cert, layout.leaf_key, layout.ca_cert.read_bytes())
+    assert not certs.leaf_state(cfg, layout, now).decision.due
+
+
+def test_an_unusable_ca_is_reported_through_the_renewal_failure_path(issued, caplog) -> None:  # type: ignore[no-untyped-def]
+    """next_check never raises: it asks for a renewal now, which fails once, loudly, and backs off."""
+    cfg, layout = issued
+    layout.ca_key.write_bytes(b"not a key")
+    mgr = renewal.CertManager(wall=Clock(T0 + DAY), retry_first=30, retry_max=3600)
+    assert mgr.next_check(cfg, layout) == 0
+    with pytest.raises(CertError, match="the local CA is unusable"):
+        mgr.renew(cfg, layout, force=False, reload_nginx=lambda: None)
+    assert mgr.record.failures == 1 and mgr.next_check(cfg, layout) == 30
+    with pytest.raises(CertError, match="the local CA is unusable"):
+        ensure_tls(cfg, layout, T0 + DAY)
+
+
+def test_ensure_tls_for_an_external_pair_checks_it_and_writes_nothing(tmp_path: Path, ca) -> None:  # type: ignore[no-untyped-def]
+    chain, key, _ = pair_bytes(ca)
+    (tmp_path / "fullchain.pem").write_bytes(chain)
+    (tmp_path / "privkey.pem").write_bytes(key)
+    cfg = Config(
+        tls=TlsConfig(cert_file=tmp_path / "fullchain.pem", key_file=tmp_path / "privkey.pem"),
+        paths=PathsConfig(state_dir=tmp_path / "state", runtime_dir=tmp_path / "run", log_dir=tmp_path / "log"),
+    )
+    files, issued = ensure_tls(cfg, Layout.of(cfg), T0)
+    assert files == TlsFiles(tmp_path / "fullchain.pem", tmp_path / "privkey.pem", None) and issued is None
+    assert not (tmp_path / "state").exists()
+    (tmp_path / "privkey.pem").write_bytes(pair_bytes(ca)[1])
+    with pytest.raises(CertError, match="does not match"):
+        ensure_tls(cfg, Layout.of(cfg), T0)
+
+
+# --- PairSnapshot ---------------------------------------------------------------------------
+
+
+def test_pair_snapshot_restores_bytes_mode_and_times(issued) -> None:  # type: ignore[no-untyped-def]
+    cfg, layout = issued
+    os.utime(layout.leaf_cert, ns=(1_000_000_000_000_000_000, 1_100_000_000_000_000_000))
+    os.utime(layout.leaf_key, ns=(1_200_000_000_000_000_000, 1_300_000_000_000_000_000))
+    before = {p: (p.read_bytes(), p.stat()) for p in (layout.leaf_cert, layout.leaf_key)}
+    snapshot = PairSnapshot.take(cfg, layout)
+    state = certs.leaf_state(cfg, layout, T0)
+    certs.issue_leaf(state.ca, state.ca_key, state.policy, layout.leaf_cert, layout.leaf_key, T0 + DAY)
+    layout.leaf_cert.chmod(0o600)
+    assert layout.leaf_cert.read_bytes() != before[layout.leaf_cert][0]
+    assert sorted(snapshot.restore()) == sorted([layout.leaf_cert, layout.leaf_key])
+    for path, (data, st) in before.items():
+        now = path.stat()
+        assert path.read_bytes() == data
+        assert stat.S_IMODE(now.st_mode) == stat.S_IMODE(st.st_mode)
+        assert (now.st_mtime_ns, now.st_atime_ns) == (st.st_mtime_ns, st.st_atime_ns)
+    assert certs.current_leaf(layout.leaf_cert, layout.leaf_key) is not None
+    # Nothing changed since: nothing is written.
+    assert snapshot.restore() == []
+
+
+def test_pair_snapshot_leaves_files_it_did_not_see_and_ignores_external_pairs(tmp_path: Path) -> None:
+    cfg = own_config(tmp_path)
+    layout = Layout.of(cfg)
+    snapshot = PairSnapshot.take(cfg, layout)
+    ensure_tls(cfg, layout, T0)
+    assert snapshot.files == () and snapshot.restore() == []
+    assert certs.current_leaf(layout.leaf_cert, layout.leaf_key) is not None
+    external = Config(tls=TlsConfig(cert_file=layout.leaf_cert, key_file=layout.leaf_key))
+    assert PairSnapshot.take(external, layout).files == ()
+
+
+# --- status from other threads --------------------------------------------------------------
+
+
+def test_status_is_safe_from_other_threads_while_the_manager_renews(issued) -> None:  # type: ignore[no-untyped-def]
+    import threading
+
+    cfg, layout = issued
+    mgr = renewal.CertManager(wall=Clock(T0 + DAY))
+    stop = threading.Event()
+    seen: list[dict] = []
+    errors: list[BaseException] = []
+
+    def scrape() -> None:
+        try:
+            while not stop.is_set():
+                seen.append(mgr.status(cfg, layout))
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=scrape) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(10):
+            mgr.renew(cfg, layout, force=True, reload_nginx=lambda: None)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+    assert errors == [] and seen
+    for status in seen:
+        assert "error" not in status["leaf"] and "error" not in status["ca"]
+        assert 0 <= status["renewals"]["success"] <= 10
+        assert (status["renewals"]["success"] == 0) == (status["last_renewal_success"] is None)
+    final = mgr.status(cfg, layout)
+    assert final["renewals"] == {"success": 10, "failure": 0}
+    assert final["leaf"]["serial"] == format(certs.load_cert(layout.leaf_cert).serial_number, "x")

@@ -21,7 +21,7 @@ import pytest
 import requests
 
 from conftest import REPO, Jrd, free_port, parse_exposition, short_tmp, wait_for
-from jrd import certs
+from jrd.tls import certs
 from jrd.metrics import SCRAPE_CALL_TIMEOUT
 
 pytestmark = pytest.mark.integration

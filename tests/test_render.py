@@ -86,7 +86,7 @@ def _map_body(conf: str) -> list[tuple[str, list[str]]]:
 
 def test_nginx_status_socket_is_in_a_private_directory() -> None:
     layout = Layout(Path("/s"), Path("/r"), Path("/l"))
-    assert layout.nginx_status_socket.parent == layout.supervisor_dir  # made 0700 by prepare.make_dirs
+    assert layout.nginx_status_socket.parent == layout.supervisor_dir  # made 0700 by build.make_dirs
     assert nginx_args(render_nginx_conf(inputs()), "listen")[-1] == [f"unix:{layout.nginx_status_socket}"]
 
 

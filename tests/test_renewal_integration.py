@@ -1,4 +1,4 @@
-"""Issue 3, integration tier: certificate renewal against a real nginx, supervisord and JupyterLab.
+"""Certificate renewal against a real nginx, supervisord and JupyterLab (integration tier).
 
 The own-CA tests drive a real `Daemon` through a thin harness: this file,
 run as a script, starts the daemon exactly as `jrd run` does and adds one
@@ -266,7 +266,8 @@ def test_continuous_fresh_connections_see_no_failure_during_renewals(jrd: Harnes
         for _ in range(5):
             new = int(jrd.renew(force=True)["serial"], 16)
             wait_for(lambda: new in load.serials, 5, "the load to get the new certificate")
-    assert load.failures == [], f"{len(load.failures)} of {load.ok + len(load.failures)} requests failed: {load.failures[:5]}"
+    failed = len(load.failures)
+    assert load.failures == [], f"{failed} of {load.ok + failed} requests failed: {load.failures[:5]}"
     print(f"{load.ok} requests on fresh connections during 5 renewals, none failed")
 
 
@@ -370,7 +371,7 @@ class Certbot:
     """A certbot-like layout: live/NAME/{fullchain,privkey}.pem are symlinks into archive/NAME/."""
 
     def __init__(self, base: Path):
-        from jrd import certs
+        from jrd.tls import certs
 
         self.certs = certs
         self.archive = base / "letsencrypt" / "archive" / "jrd.test"

@@ -326,7 +326,7 @@ def cmd_generic(client: Client, args: argparse.Namespace) -> int:
 
 def certificate_details(client: Client) -> dict[str, Any]:
     """Leaf and CA details: from the daemon, filled in from the files where it gave less."""
-    from jrd import certs
+    from jrd.tls import certs
 
     given = client.call("status").get("certificates") or {}
     out: dict[str, Any] = {}
@@ -377,7 +377,7 @@ def cmd_cert_show(client: Client, args: argparse.Namespace) -> int:
 
 def cmd_cert_ca(client: Client, args: argparse.Namespace) -> int:
     """Write the CA as PEM and as an iOS/iPadOS .mobileconfig, as `jrd ca export` does."""
-    from jrd import certs, profiles
+    from jrd.tls import certs, profiles
 
     config = client.config
     if config.external_tls:

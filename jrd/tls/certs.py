@@ -1,12 +1,14 @@
-"""The local CA and the leaf certificate nginx serves.
+"""jrd's own CA and leaf certificate: make, load, describe, write, and decide renewal.
 
 The pattern is mkcert's and Caddy's: a long-lived CA that each device trusts
 once, and a short-lived leaf, signed by it, that jrd renews by itself.  Apple
 devices reject leaves valid for more than 825 days, without a
 subjectAltName, or without the serverAuth EKU, so every leaf has all three.
 
-`renewal_due` is a pure function of (certificate, clock, policy); the I/O
-around it (`ensure_ca`, `issue_leaf`, `write_pair`) is kept apart.
+`renewal_due` is a pure function of (certificate, clock, policy).  The I/O
+around it is kept apart: `ensure_ca`, `write_pair`, and the lifecycle at the
+end of this module, where `leaf_state` is the one place that decides whether
+jrd's leaf is due and `issue_leaf` the one place that issues it.
 """
 
 from __future__ import annotations
@@ -17,24 +19,24 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from typing import TYPE_CHECKING
-
 from jrd.errors import CertError
 from jrd.fsutil import atomic_write, ensure_dir, fsync_dir, write_temp
+
+if TYPE_CHECKING:
+    from jrd.config import Config
+    from jrd.layout import Layout
 
 APPLE_MAX_LEAF_DAYS = 825
 # Leaves are backdated so that a device whose clock is a little behind
 # still accepts a freshly issued certificate.
 BACKDATE = dt.timedelta(hours=1)
-
-if TYPE_CHECKING:
-    from jrd.config import Config
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
@@ -97,7 +99,9 @@ def renewal_margin(lifetime: dt.timedelta, policy: LeafPolicy) -> dt.timedelta:
     return max(by_fraction, min(policy.renew_before, lifetime / 2))
 
 
-def renewal_due(cert: x509.Certificate, now: dt.datetime, policy: LeafPolicy, ca: x509.Certificate | None = None) -> Renewal:
+def renewal_due(
+    cert: x509.Certificate, now: dt.datetime, policy: LeafPolicy, ca: x509.Certificate | None = None
+) -> Renewal:
     """Decide whether `cert` must be renewed at `now` under `policy`.
 
     Due when: the names or IPs differ from the policy, the key type differs,
@@ -148,7 +152,9 @@ def generate_key(key_type: str) -> PrivateKey:
     raise ValueError(f"unknown key type {key_type!r}")
 
 
-def make_ca(now: dt.datetime, lifetime: dt.timedelta, hostname: str | None = None) -> tuple[x509.Certificate, PrivateKey]:
+def make_ca(
+    now: dt.datetime, lifetime: dt.timedelta, hostname: str | None = None
+) -> tuple[x509.Certificate, PrivateKey]:
     """A new self-signed CA: CA:TRUE, keyCertSign and cRLSign, named after jrd and the host."""
     hostname = hostname or socket.gethostname()
     key = ec.generate_private_key(ec.SECP256R1())
@@ -359,7 +365,9 @@ def _link_if_exists(src: Path, dst: Path) -> bool:
     return True
 
 
-def ensure_ca(cert_path: Path, key_path: Path, lifetime: dt.timedelta, now: dt.datetime) -> tuple[x509.Certificate, PrivateKey, bool]:
+def ensure_ca(
+    cert_path: Path, key_path: Path, lifetime: dt.timedelta, now: dt.datetime
+) -> tuple[x509.Certificate, PrivateKey, bool]:
     """Load the local CA, creating it only if neither of its files exists.
 
     Devices trust this CA by hand, so a CA that exists but is broken or
@@ -388,7 +396,7 @@ def ensure_ca(cert_path: Path, key_path: Path, lifetime: dt.timedelta, now: dt.d
     return cert, key, False
 
 
-# --- the lifecycle, as the daemon and the CLIs use it ------------------------
+# --- the lifecycle on disk, as the daemon and the CLIs use it ---------------------
 
 
 def policy_from_config(config: "Config") -> LeafPolicy:
@@ -403,8 +411,49 @@ def policy_from_config(config: "Config") -> LeafPolicy:
     )
 
 
-def issue_leaf(ca_cert: x509.Certificate, ca_key: PrivateKey, policy: LeafPolicy, cert_path: Path, key_path: Path, now: dt.datetime) -> x509.Certificate:
-    """Issue a new leaf and put it (leaf + CA chain) and its key in place atomically."""
+def own_ca(config: "Config", layout: "Layout", now: dt.datetime) -> tuple[x509.Certificate, PrivateKey, bool]:
+    """jrd's CA for this config: `ensure_ca` on the layout's files with the configured lifetime."""
+    lifetime = dt.timedelta(days=config.tls.ca_lifetime_days)
+    return ensure_ca(layout.ca_cert, layout.ca_key, lifetime, now)
+
+
+@dataclass(frozen=True)
+class LeafState:
+    """jrd's CA and leaf as they are on disk, and whether the leaf is due under the config's policy."""
+
+    ca: x509.Certificate
+    ca_key: PrivateKey
+    policy: LeafPolicy
+    leaf: x509.Certificate | None  # None: missing, unreadable or not matching its key
+    decision: Renewal
+
+
+def leaf_state(config: "Config", layout: "Layout", now: dt.datetime) -> LeafState:
+    """The one answer to "is jrd's leaf due?", for the daemon's build, renewals, `jrd init` and `jrd check`.
+
+    The CA is always the one on disk (`own_ca`: created only if neither of
+    its files exists; a broken or expired CA is a CertError), so a leaf from
+    a CA that was replaced is due.  A missing or unusable leaf is due at once.
+    """
+    ca, ca_key, _ = own_ca(config, layout, now)
+    policy = policy_from_config(config)
+    leaf = current_leaf(layout.leaf_cert, layout.leaf_key)
+    if leaf is None:
+        decision = Renewal(True, "no usable leaf certificate", now)
+    else:
+        decision = renewal_due(leaf, now, policy, ca)
+    return LeafState(ca, ca_key, policy, leaf, decision)
+
+
+def issue_leaf(
+    ca_cert: x509.Certificate,
+    ca_key: PrivateKey,
+    policy: LeafPolicy,
+    cert_path: Path,
+    key_path: Path,
+    now: dt.datetime,
+) -> x509.Certificate:
+    """Issue a new leaf and put it (leaf + CA chain) and its key in place atomically: the one issuing path."""
     cert, key = make_leaf(ca_cert, ca_key, policy, now)
     write_pair(cert_path, key_path, pem(cert) + pem(ca_cert), key_pem(key))
     return cert

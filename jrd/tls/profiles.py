@@ -1,4 +1,4 @@
-"""Device profiles that carry the local CA: an iOS/iPadOS `.mobileconfig`.
+"""Device profiles that carry the local CA: an iOS/iPadOS `.mobileconfig`, and the CA export.
 
 Installing the profile adds the CA; the user then turns on full trust under
 Settings > General > About > Certificate Trust Settings.
@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+
+from jrd.tls import certs
 
 if TYPE_CHECKING:
     from jrd.config import Config
@@ -61,8 +63,6 @@ def mobileconfig(ca: x509.Certificate, hostname: str) -> bytes:
 
 def export_ca(ca: x509.Certificate, config: "Config", out: Path) -> dict[str, Path]:
     """Write the CA as PEM and as a .mobileconfig into `out`; the paths written."""
-    from jrd import certs
-
     out.mkdir(parents=True, exist_ok=True)
     files = {"pem": out / "jrd-ca.pem", "mobileconfig": out / "jrd-ca.mobileconfig"}
     files["pem"].write_bytes(certs.pem(ca))

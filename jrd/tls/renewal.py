@@ -1,13 +1,14 @@
 """The certificate manager the daemon holds: when to check, how to renew, what to report.
 
-`jrd.certs.renewal_due` decides whether a leaf must be renewed.  This
+`jrd.tls.certs.leaf_state` decides whether jrd's leaf must be renewed.  This
 module turns that decision into a schedule (the exact due time, rechecked
-at least hourly so that clock jumps and suspends are caught), carries a
-renewal out as a transaction (new pair written atomically, `nginx -t`,
-graceful nginx reload; the old pair put back if any step fails), retries a
-failure with exponential backoff, and keeps the counts that `status()` and
-the metrics report.  For external certificates (certbot's) it only reads:
-it reports their expiry and notices when the files nginx loaded changed.
+at least every `RECHECK_SECONDS` so that clock jumps and suspends are
+caught), carries a renewal out as a transaction (new pair written
+atomically by `certs.issue_leaf`, `nginx -t`, graceful nginx reload; the old
+pair put back if any step fails), retries a failure with `jrd.backoff`, and
+keeps the counts that `status()` and the metrics report.  For external
+certificates (certbot's) it only reads: it reports their expiry and notices
+when the files nginx loaded changed.
 
 Jupyter is never touched: TLS ends at nginx.
 """
@@ -17,12 +18,15 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from jrd import certs
+from jrd.backoff import backoff_delay
 from jrd.errors import CertError, JrdError
+from jrd.tls import certs
+from jrd.tls.bootstrap import PairSnapshot
 
 if TYPE_CHECKING:
     from jrd.config import Config
@@ -30,7 +34,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("jrd")
 
-# Recheck at least this often, even when the next renewal is months away.
+# Check the certificate at least this often, even when the next renewal is
+# months away, so that clock jumps and suspends are caught.  The daemon's
+# certificate timer uses this too.
 RECHECK_SECONDS = 3600.0
 # After a failed renewal: retry after 30 s, then 60 s, 120 s, ... at most hourly.
 RETRY_FIRST_SECONDS = 30.0
@@ -45,13 +51,6 @@ EXTERNAL_WARN_DAYS = 14.0
 def check_delay(due_at: dt.datetime, now: dt.datetime, recheck: float = RECHECK_SECONDS) -> float:
     """Seconds until `due_at`, never negative and never more than `recheck`."""
     return max(0.0, min(recheck, (due_at - now).total_seconds()))
-
-
-def retry_delay(failures: int, first: float = RETRY_FIRST_SECONDS, cap: float = RETRY_MAX_SECONDS) -> float:
-    """The wait after `failures` consecutive failures: first, 2x first, 4x first, ... at most `cap`."""
-    if failures <= 0:
-        return 0.0
-    return min(cap, first * 2 ** min(failures - 1, 32))
 
 
 # --- the manager ---------------------------------------------------------------
@@ -71,7 +70,13 @@ class RenewalRecord:
 
 
 class CertManager:
-    """Renews jrd's own leaf on schedule and reports on every certificate nginx serves."""
+    """Renews jrd's own leaf on schedule and reports on every certificate nginx serves.
+
+    The main loop calls everything except `status()`, which any thread may
+    call (the metrics scrape, control connections): the record and the
+    description cache it reads are changed only under `_lock`, which is
+    never held across I/O.
+    """
 
     def __init__(
         self,
@@ -85,6 +90,7 @@ class CertManager:
         self.recheck = recheck
         self.retry_first = retry_first
         self.retry_max = retry_max
+        self._lock = threading.Lock()
         self.record = RenewalRecord()
         self.next_check_at: float | None = None  # Unix time, for status
         self._issued_serial: int | None = None
@@ -96,22 +102,30 @@ class CertManager:
 
     # --- scheduling --------------------------------------------------------------
     def next_check(self, config: "Config", layout: "Layout") -> float:
-        """Seconds until the next check: the backoff after a failure, else the due time capped at `recheck`."""
+        """Seconds until the next check: the backoff after a failure, else the due time capped at `recheck`.
+
+        For jrd's own CA this reads the CA and leaf through `certs.leaf_state`
+        (which creates the CA only if neither of its files exists).  It never
+        raises: if the CA is unusable it answers 0, so that `renew` meets the
+        same error and counts, logs and backs off through the one failure path.
+        """
         now = self._wall()
         delay = self._next_delay(config, layout, now)
-        self.next_check_at = now.timestamp() + delay
+        with self._lock:
+            self.next_check_at = now.timestamp() + delay
         return delay
 
     def _next_delay(self, config: "Config", layout: "Layout", now: dt.datetime) -> float:
         if self.record.consecutive_failures:
-            return retry_delay(self.record.consecutive_failures, self.retry_first, self.retry_max)
+            return self._retry_in()
         if config.external_tls:
             return self.recheck
-        leaf = certs.current_leaf(layout.leaf_cert, layout.leaf_key)
-        if leaf is None:
+        try:
+            state = certs.leaf_state(config, layout, now)
+        except (CertError, OSError):
             return 0.0
-        decision = certs.renewal_due(leaf, now, certs.policy_from_config(config), _ca_or_none(layout.ca_cert))
-        if decision.due and leaf.serial_number == self._issued_serial:
+        decision = state.decision
+        if decision.due and state.leaf is not None and state.leaf.serial_number == self._issued_serial:
             # The leaf just issued is due already: the policy can never be met.
             # Check hourly instead of renewing in a loop, and say so once.
             if not self._warned_policy:
@@ -124,8 +138,14 @@ class CertManager:
             return self.recheck
         return check_delay(decision.due_at, now, self.recheck)
 
+    def _retry_in(self) -> float:
+        """The wait before retrying after the current run of failures (`jrd.backoff.backoff_delay`)."""
+        return backoff_delay(self.record.consecutive_failures, self.retry_first, self.retry_max)
+
     # --- renewing -----------------------------------------------------------------
-    def renew(self, config: "Config", layout: "Layout", *, force: bool, reload_nginx: Callable[[], None]) -> dict[str, Any]:
+    def renew(
+        self, config: "Config", layout: "Layout", *, force: bool, reload_nginx: Callable[[], None]
+    ) -> dict[str, Any]:
         """Renew the leaf if it is due (or `force`): atomic write, `nginx -t`, graceful reload.
 
         On any failure the old pair is back in place and still served, the
@@ -139,7 +159,8 @@ class CertManager:
             self._failed(str(exc), force)
             raise
         except OSError as exc:
-            err = CertError(f"renewing the TLS certificate failed: {exc.strerror or exc} ({exc.filename or 'no file'})")
+            where = exc.filename or "no file"
+            err = CertError(f"renewing the TLS certificate failed: {exc.strerror or exc} ({where})")
             self._failed(str(err), force)
             raise err from None
         if result["renewed"]:
@@ -150,52 +171,54 @@ class CertManager:
             self._recovered()
         return result
 
-    def _renew(self, config: "Config", layout: "Layout", force: bool, reload_nginx: Callable[[], None]) -> dict[str, Any]:
+    def _renew(
+        self, config: "Config", layout: "Layout", force: bool, reload_nginx: Callable[[], None]
+    ) -> dict[str, Any]:
         now = self._wall()
-        ca_cert, ca_key, _ = certs.ensure_ca(
-            layout.ca_cert, layout.ca_key, dt.timedelta(days=config.tls.ca_lifetime_days), now
-        )
-        policy = certs.policy_from_config(config)
-        leaf = certs.current_leaf(layout.leaf_cert, layout.leaf_key)
-        decision = certs.renewal_due(leaf, now, policy, ca_cert) if leaf else certs.Renewal(True, "no usable leaf", now)
+        state = certs.leaf_state(config, layout, now)
+        decision = state.decision
         if not (decision.due or force):
             return {"renewed": False, "reason": f"not due until {decision.due_at:%Y-%m-%d %H:%M} UTC"}
         reason = "forced" if force and not decision.due else decision.reason
-        old = (layout.leaf_cert.read_bytes(), layout.leaf_key.read_bytes()) if leaf else None
-        cert, key = certs.make_leaf(ca_cert, ca_key, policy, now)
-        certs.write_pair(layout.leaf_cert, layout.leaf_key, certs.pem(cert) + certs.pem(ca_cert), certs.key_pem(key))
+        before = PairSnapshot.take(config, layout)
+        cert = certs.issue_leaf(state.ca, state.ca_key, state.policy, layout.leaf_cert, layout.leaf_key, now)
         try:
             reload_nginx()
         except BaseException:
-            if old is not None:
-                certs.write_pair(layout.leaf_cert, layout.leaf_key, *old)
+            before.restore()
             raise
         return {"renewed": True, "reason": reason, "serial": format(cert.serial_number, "x")}
 
     def note_issued(self, serial: int) -> None:
         """Count a leaf that is now in service (by a renewal, a reload or at start)."""
-        rec = self.record
-        if rec.consecutive_failures:
-            log.info("TLS certificate renewal succeeded after %d failed attempts", rec.consecutive_failures)
-        rec.successes += 1
-        rec.last_success = self._wall().timestamp()
-        rec.consecutive_failures, rec.retry_forced, rec.last_error = 0, False, ""
+        with self._lock:
+            rec = self.record
+            failed_before = rec.consecutive_failures
+            rec.successes += 1
+            rec.last_success = self._wall().timestamp()
+            rec.consecutive_failures, rec.retry_forced, rec.last_error = 0, False, ""
+        if failed_before:
+            log.info("TLS certificate renewal succeeded after %d failed attempts", failed_before)
         self._logged_error = ""
         self._issued_serial = serial
 
     def _recovered(self) -> None:
-        rec = self.record
-        log.info("the TLS certificate check succeeds again after %d failed attempts", rec.consecutive_failures)
-        rec.consecutive_failures, rec.retry_forced, rec.last_error = 0, False, ""
+        with self._lock:
+            rec = self.record
+            failed_before = rec.consecutive_failures
+            rec.consecutive_failures, rec.retry_forced, rec.last_error = 0, False, ""
+        log.info("the TLS certificate check succeeds again after %d failed attempts", failed_before)
         self._logged_error = ""
 
     def _failed(self, reason: str, forced: bool) -> None:
-        rec = self.record
-        rec.failures += 1
-        rec.consecutive_failures += 1
-        rec.last_error = reason
-        rec.retry_forced = rec.retry_forced or forced
-        retry = retry_delay(rec.consecutive_failures, self.retry_first, self.retry_max)
+        with self._lock:
+            rec = self.record
+            rec.failures += 1
+            rec.consecutive_failures += 1
+            rec.last_error = reason
+            rec.retry_forced = rec.retry_forced or forced
+            in_a_row = rec.consecutive_failures
+        retry = self._retry_in()
         # One line per distinct reason; repeats of the same reason are counted, not logged again.
         if reason != self._logged_error:
             log.error(
@@ -204,7 +227,7 @@ class CertManager:
             )
             self._logged_error = reason
         else:
-            log.debug("TLS certificate renewal failed again (%d in a row): %s", rec.consecutive_failures, reason)
+            log.debug("TLS certificate renewal failed again (%d in a row): %s", in_a_row, reason)
 
     # --- external certificates ------------------------------------------------
     def external_changed(self, config: "Config") -> str | None:
@@ -220,23 +243,30 @@ class CertManager:
         except CertError as exc:
             # Perhaps caught mid-flip; a reload refuses such a pair and nginx keeps the old one.
             if str(exc) != self._logged_error:
-                log.warning("the external TLS certificate on disk is unusable: %s; nginx keeps serving the one it has", exc)
+                log.warning(
+                    "the external TLS certificate on disk is unusable: %s; nginx keeps serving the one it has", exc
+                )
                 self._logged_error = str(exc)
             return {"error": str(exc), "changed": False}
         self._logged_error = ""
         now = self._wall()
-        left = (chain[0].not_valid_after_utc - now).total_seconds() / 86400
+        not_after = chain[0].not_valid_after_utc
+        left = (not_after - now).total_seconds() / 86400
         if left < EXTERNAL_WARN_DAYS and self._warned_external_day != now.date():
             log.warning(
                 "the external TLS certificate %s expires in %.1f days (%s); jrd does not renew it, its owner must "
-                "(for certbot: `certbot renew`)", config.tls.cert_file, left, f"{chain[0].not_valid_after_utc:%Y-%m-%d %H:%M} UTC",
+                "(for certbot: `certbot renew`)", config.tls.cert_file, left, f"{not_after:%Y-%m-%d %H:%M} UTC",
             )
             self._warned_external_day = now.date()
         return {"days_left": round(left, 1), "changed": self.external_changed(config) is not None}
 
     # --- reporting ---------------------------------------------------------------
     def status(self, config: "Config", layout: "Layout", served: Path | None = None) -> dict[str, Any]:
-        """The certificates nginx serves (leaf, and the CA if it is jrd's), and the renewal counts."""
+        """The certificates nginx serves (leaf, and the CA if it is jrd's), and the renewal counts.
+
+        Safe from any thread: it reads the files (parsing one again only when
+        it changed on disk) and copies the record under the manager's lock.
+        """
         now = self._wall()
         leaf_path = served or (config.tls.cert_file if config.external_tls else layout.leaf_cert)
         paths: dict[str, Path] = {"leaf": leaf_path}  # type: ignore[dict-item]
@@ -249,30 +279,34 @@ class CertManager:
             except JrdError as exc:
                 out[role] = {"error": str(exc)}
             out[role]["file"] = str(path)
-        rec = self.record
+        with self._lock:
+            rec = replace(self.record)
+            next_check_at = self.next_check_at
         out["renewals"] = {"success": rec.successes, "failure": rec.failures}
         out["last_renewal_success"] = rec.last_success
         out["last_renewal_error"] = rec.last_error or None
         out["mode"] = "external" if config.external_tls else "own"
-        out["next_check"] = self.next_check_at
+        out["next_check"] = next_check_at
         return out
-
 
     def _describe(self, path: Path, now: dt.datetime) -> dict[str, Any]:
         """certs.describe of the file, parsed again only when the file changed.
 
         Every scrape and `jrdctl status` asks; a stat (through symlinks, so a
         certbot flip or an os.replace is a change) is much cheaper than parsing.
+        Two threads may parse the same new file at once; both results are equal.
         """
         try:
             st = path.stat()
         except OSError:
             return certs.describe(certs.load_cert(path), now)  # raises the CertError that says why
         key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
-        cached = self._described.get(path)
+        with self._lock:
+            cached = self._described.get(path)
         if cached is None or cached[0] != key:
             cached = (key, certs.describe(certs.load_cert(path), now))
-            self._described[path] = cached
+            with self._lock:
+                self._described[path] = cached
         info = dict(cached[1])
         info["days_left"] = round((float(info["not_after"]) - now.timestamp()) / 86400, 1)
         return info
@@ -289,10 +323,3 @@ def external_digest(config: "Config") -> str:
             raise CertError(f"{path}: cannot read ({exc.strerror})") from None
         h.update(b"\0")
     return h.hexdigest()
-
-
-def _ca_or_none(path: Path) -> Any:
-    try:
-        return certs.load_cert(path)
-    except CertError:
-        return None
