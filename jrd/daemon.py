@@ -1,4 +1,4 @@
-"""The daemon: start the stack, run the main loop, stop the stack; and the answers to `jrdctl`.
+"""The daemon: start the stack, run the main loop, stop the stack, assemble its status.
 
 Everything that asks jrd to act becomes a command on one queue
 (`jrd.loop.CommandBus`), carried out by the main loop one at a time; signal
@@ -6,9 +6,11 @@ handlers only post.  The parts, each in its own module:
 
     loop.py         the command bus and timers
     programs.py     nginx and Jupyter: how each is restarted, reloaded, held back
+    operations.py   what jrdctl asks for (jrd.control.commands declares it)
     reload.py       a config reload as a transaction
-    supervision.py  what jrd does when a program stays down
-    preflight.py    lock, ports, accounts, binaries
+    supervision.py  what jrd does when a program dies, loops or hangs
+    serving.py      whether Jupyter answers through nginx
+    preflight.py    lock, ports, accounts, binaries, an earlier jrd's leftovers
     extension.py    what an extension (control, events, health, metrics, watch) may touch
 """
 
@@ -24,7 +26,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from jrd import __version__, nginx, passwords, preflight, processes, serving, states
+from jrd import __version__, nginx, passwords, preflight, processes, serving
 from jrd.build import build_to_run, install
 from jrd.config import Config, load_config
 from jrd.control.commands import handlers as control_handlers
@@ -43,7 +45,9 @@ from jrd.sdnotify import notify, watchdog_interval
 from jrd.supervision import SUPERVISE_INTERVAL, CrashLoop, DeathWatch, Supervision
 from jrd.supervisor import Supervisor, become_subreaper, launch_supervisord, stop_supervisord
 from jrd.tls import certs
+from jrd.tls.bootstrap import pair_signature
 from jrd.tls.renewal import CertManager
+from jrd.watch import Debouncer
 
 log = logging.getLogger("jrd")
 
@@ -97,6 +101,8 @@ class Daemon:
             layout=self.layout, jupyter_api=self.jupyter_api, config=lambda: self.running.config,
             status=self.status, reload_later=self._reload_later, after_cert_check=self._schedule_cert_check,
         )
+        self.serving = serving.ServingCheck(lambda: self.running.config, self.ledger, self.bus.post,
+                                            self.timers.schedule, self.supervision.crash_loops)
         # Set by SIGTERM/SIGINT too, so that a start still waiting can give up at once.
         self.stop_requested = threading.Event()
         self.context = Context(
@@ -108,9 +114,9 @@ class Daemon:
         self.bus.add_handler("shutdown", self._on_shutdown)
         self.bus.add_handler("supervise", lambda cmd: self._supervise())
         self.bus.add_handler("sighup", self._on_sighup)
-        self._hups: tuple[float, float] | None = None  # first and last SIGHUP of a burst
+        self._hups = Debouncer(quiet=SIGHUP_QUIET, write_grace=SIGHUP_QUIET, max_delay=SIGHUP_MAX_DELAY)
         self._leaf_seen: tuple[tuple[int, int, int], ...] | None = None
-        self.bus.add_handler("serving_result", lambda cmd: self._record_serving(cmd.args["serving"]))
+        self.bus.add_handler("serving_result", lambda cmd: self.serving.record(cmd.args["serving"]))
         for name, handler in control_handlers(self.operations).items():
             self.bus.add_handler(name, handler)
 
@@ -151,19 +157,17 @@ class Daemon:
 
     def _on_sighup(self, cmd: Command) -> None:
         """A storm of SIGHUPs is one reload: once they stop for a moment, or at most a few seconds after the first."""
-        now = self._clock()
-        self._hups = (self._hups[0] if self._hups else now, now)
-        first, last = self._hups
-        due = min(last + SIGHUP_QUIET, first + SIGHUP_MAX_DELAY)
-        self.timers.schedule("sighup", due - now, lambda: self._reload_after_sighup(cmd.source))
+        self._hups.note(self._clock())
+        deadline = self._hups.deadline() or self._clock()
+        self.timers.schedule("sighup", deadline - self._clock(), lambda: self._reload_after_sighup(cmd.source))
 
     def _reload_later(self, source: str) -> None:
         """A reload after the command that asks for it; a refusal is logged once, by the reload."""
         self.timers.schedule("reload-later", 0, lambda: self.operations.reload(source, reply_expected=False))
 
     def _reload_after_sighup(self, source: str) -> None:
-        self._hups = None
-        self.operations.reload(source, reply_expected=False)
+        if self._hups.due(self._clock()):
+            self.operations.reload(source, reply_expected=False)
 
     def start(self) -> None:
         cfg, layout = self.config, self.layout
@@ -196,8 +200,7 @@ class Daemon:
         self.wait_serving(self._clock() + serving.STARTUP_TIMEOUT)
         self._schedule_cert_check()
         self.timers.schedule("supervise", SUPERVISE_INTERVAL, self._supervise)
-        self._record_serving(serving.Serving(True, time.time()), announce=False)
-        self.timers.schedule("serving", cfg.health.interval_seconds, self._check_serving)
+        self.serving.start()
         host = cfg.local_probe_host if ":" not in cfg.local_probe_host else f"[{cfg.local_probe_host}]"
         local = cfg.url.replace(cfg.url.split("/")[2], f"{host}:{cfg.nginx.port}")
         self._announce(f"jrd {__version__} is serving JupyterLab at {cfg.url} (from this machine: {local})")
@@ -285,53 +288,20 @@ class Daemon:
     def _supervise(self) -> None:
         try:
             self.supervision.tick()
-            if self._leaf_signature() != self._leaf_seen:
+            if pair_signature(self.config, self.layout) != self._leaf_seen:
                 # Deleted, corrupted or replaced outside jrd: nginx still serves the pair it loaded;
                 # the renewal path checks the files and issues a new pair if they are unusable.
                 log.warning("the TLS certificate or key changed on disk outside jrd; checking it now")
-                self._leaf_seen = self._leaf_signature()
+                self._leaf_seen = pair_signature(self.config, self.layout)
                 self.timers.schedule("cert", 0, lambda: self.operations.renew_cert(False, reply_expected=False))
         finally:
             hold = self.supervision.next_due(self._clock())
             self.timers.schedule("supervise", min(SUPERVISE_INTERVAL, hold if hold is not None else 1e9),
                                  self._supervise)
 
-    def _leaf_signature(self) -> tuple[tuple[int, int, int], ...] | None:
-        """jrd's own leaf pair as it is on disk (None in external mode, where the file watcher looks)."""
-        if self.config.external_tls:
-            return None
-        try:
-            stats = [os.stat(path) for path in (self.layout.leaf_cert, self.layout.leaf_key)]
-        except OSError:
-            return ()
-        return tuple((st.st_ino, st.st_mtime_ns, st.st_size) for st in stats)
-
     # --- serving ---------------------------------------------------------------
     def wait_serving(self, deadline: float) -> None:
         serving.wait_serving(self.config, self.supervisor, self.layout, deadline, self.stop_requested, self._clock)
-
-    def _check_serving(self) -> None:
-        """Probe through nginx in a thread (a hung nginx must not hold the loop); the result comes back queued."""
-        config = self.config
-
-        def run() -> None:
-            self.bus.post("serving_result", "probe", serving=serving.check(config, config.health.timeout_seconds))
-
-        threading.Thread(target=run, name="jrd-probe-serving", daemon=True).start()
-        self.timers.schedule("serving", config.health.interval_seconds, self._check_serving)
-
-    def _record_serving(self, result: serving.Serving, announce: bool = True) -> None:
-        if self.ledger.record_serving(result) and announce:
-            if result.ok:
-                log.info("serving again: Jupyter answers through nginx")
-            else:
-                log.error("NOT serving: Jupyter does not answer through nginx (%s)", result.error)
-        notify("STATUS=" + serving.status_line(self.config, result, self._crash_loops()))
-
-    def _crash_loops(self) -> dict[str, dict[str, Any]]:
-        now = self._clock()
-        loops = {name: self.supervision.status(name, now) for name in states.PROGRAMS}
-        return {name: loop for name, loop in loops.items() if loop}
 
     def wait_serving_answer(self, deadline: float) -> dict[str, Any]:
         return serving.wait_serving_answer(self.config, self.supervisor, self.layout, deadline, self.stop_requested,
@@ -339,7 +309,7 @@ class Daemon:
 
     # --- certificates ------------------------------------------------------------
     def _schedule_cert_check(self) -> None:
-        self._leaf_seen = self._leaf_signature()
+        self._leaf_seen = pair_signature(self.config, self.layout)
         delay = self.certificates.next_check(self.config, self.layout)
         self.timers.schedule("cert", delay, lambda: self.operations.renew_cert(False, reply_expected=False))
 
@@ -351,9 +321,9 @@ class Daemon:
     # --- status -------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         """Everything `jrdctl status` shows; whether jrd serves is asked now, through nginx."""
-        self._record_serving(serving.check(self.config, STATUS_PROBE_TIMEOUT))
+        self.serving.now(STATUS_PROBE_TIMEOUT)
         snap = self.ledger.snapshot()
-        loops = self._crash_loops()
+        loops = self.supervision.crash_loops()
         procs: dict[str, Any] = {}
         try:
             for name, info in self.supervisor.processes().items():

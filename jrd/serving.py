@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Any, Callable
@@ -9,9 +10,12 @@ from typing import Any, Callable
 from jrd import logs, probe, states
 from jrd.config import Config
 from jrd.errors import Interrupted, StartupError
-from jrd.ledger import Serving
+from jrd.ledger import Ledger, Serving
+from jrd.sdnotify import notify
 from jrd.layout import Layout
 from jrd.supervisor import Supervisor
+
+log = logging.getLogger("jrd")
 
 STARTUP_TIMEOUT = 120.0
 
@@ -66,3 +70,47 @@ def wait_serving_answer(config: Config, supervisor: Supervisor, layout: Layout, 
         return {"serving": False, "note": f"not waiting for Jupyter through nginx: {', '.join(down)} is stopped"}
     wait_serving(config, supervisor, layout, deadline, cancelled, clock)
     return {"serving": True}
+
+
+class ServingCheck:
+    """Asks on a timer, in a thread, whether Jupyter answers through nginx; records it and tells systemd.
+
+    A hung nginx must not hold the main loop, so the timed check runs in a
+    thread and its result comes back as a queued `serving_result` command.
+    """
+
+    def __init__(self, config: Callable[[], Config], ledger: Ledger, post: Callable[..., None],
+                 schedule: Callable[[str, float, Callable[[], None]], None],
+                 crash_loops: Callable[[], dict[str, dict[str, Any]]]):
+        self._config = config
+        self._ledger = ledger
+        self._post = post
+        self._schedule = schedule
+        self._crash_loops = crash_loops
+
+    def start(self) -> None:
+        self.record(Serving(True, time.time()), announce=False)
+        self._schedule("serving", self._config().health.interval_seconds, self._in_thread)
+
+    def _in_thread(self) -> None:
+        config = self._config()
+
+        def run() -> None:
+            self._post("serving_result", "probe", serving=check(config, config.health.timeout_seconds))
+
+        threading.Thread(target=run, name="jrd-probe-serving", daemon=True).start()
+        self._schedule("serving", config.health.interval_seconds, self._in_thread)
+
+    def now(self, timeout: float) -> Serving:
+        """Ask at once (on the main loop, bounded by `timeout`) and record it."""
+        result = check(self._config(), timeout)
+        self.record(result)
+        return result
+
+    def record(self, result: Serving, announce: bool = True) -> None:
+        if self._ledger.record_serving(result) and announce:
+            if result.ok:
+                log.info("serving again: Jupyter answers through nginx")
+            else:
+                log.error("NOT serving: Jupyter does not answer through nginx (%s)", result.error)
+        notify("STATUS=" + status_line(self._config(), result, self._crash_loops()))

@@ -197,6 +197,12 @@ class Supervision:
         waits = [h["next_try_in"] for n in self.policy.names() if (h := self.policy.held(n, now))]
         return min(waits) if waits else None
 
+    def crash_loops(self) -> dict[str, dict[str, Any]]:
+        """Every program held back now, for status and systemd's STATUS= line."""
+        now = self.clock()
+        loops = {name: self.status(name, now) for name in states.PROGRAMS}
+        return {name: loop for name, loop in loops.items() if loop}
+
     def status(self, name: str, now: float) -> dict[str, Any] | None:
         """The crash loop of `name` for `jrdctl status`, or None."""
         held = self.policy.held(name, now)

@@ -50,6 +50,20 @@ def ensure_tls(config: "Config", layout: "Layout", now: dt.datetime) -> tuple[Tl
     return TlsFiles(layout.leaf_cert, layout.leaf_key, certs.pem(state.ca)), reason
 
 
+def pair_signature(config: "Config", layout: "Layout") -> tuple[tuple[int, int, int], ...] | None:
+    """jrd's own leaf pair as it is on disk, cheaply (stat only); None for an external pair.
+
+    A change that jrd did not make (a deletion, a corruption) shows as a new signature.
+    """
+    if config.external_tls:
+        return None
+    try:
+        stats = [os.stat(path) for path in (layout.leaf_cert, layout.leaf_key)]
+    except OSError:
+        return ()
+    return tuple((st.st_ino, st.st_mtime_ns, st.st_size) for st in stats)
+
+
 @dataclass(frozen=True)
 class PairSnapshot:
     """The bytes and stat of jrd's leaf pair, to put back if a change to it is refused.
