@@ -1,4 +1,4 @@
-"""Benchmark for issue 4: how fast a config edit is live, and what clients see meanwhile.
+"""Benchmark: how fast a config edit is live, and what clients see meanwhile.
 
 Starts a real jrd (supervisord, nginx, JupyterLab) in /tmp on loopback ports and
 measures:

@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 
 
-def _stat_fields(pid: int) -> list[str] | None:
+def stat_fields(pid: int) -> list[str] | None:
+    """/proc/PID/stat after the command name: [0] is the state, [1] the parent, [2] the process group."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             text = f.read().decode(errors="replace")
@@ -31,27 +32,28 @@ def _stat_fields(pid: int) -> list[str] | None:
     return text.rsplit(")", 1)[1].split()
 
 
-def _pids() -> list[int]:
+def pids() -> list[int]:
+    """Every process there is now."""
     return [int(e) for e in os.listdir("/proc") if e.isdigit()]
 
 
 def state(pid: int) -> str | None:
     """The process's state letter (R, S, D, T, Z, ...), None if it does not exist."""
-    fields = _stat_fields(pid)
+    fields = stat_fields(pid)
     return fields[0] if fields else None
 
 
 def alive(pid: int) -> bool:
     """True for a process that exists and is not a zombie."""
-    fields = _stat_fields(pid)
+    fields = stat_fields(pid)
     return fields is not None and fields[0] != "Z"
 
 
 def in_group(pgid: int, comm: str | None = None) -> list[int]:
     """Live processes of process group `pgid` (whose name is `comm`, if given)."""
     out = []
-    for pid in _pids():
-        fields = _stat_fields(pid)
+    for pid in pids():
+        fields = stat_fields(pid)
         if fields is None or fields[0] == "Z" or int(fields[2]) != pgid:
             continue
         if comm is not None:
@@ -71,8 +73,8 @@ def mentioning(text: str, exclude: set[int] | None = None) -> list[int]:
     of a file in the runtime dir, which has, is never taken for a leftover.
     """
     needle, skip, out = text.encode(), (exclude or set()) | {os.getpid()}, []
-    for pid in _pids():
-        fields = _stat_fields(pid)
+    for pid in pids():
+        fields = stat_fields(pid)
         if pid in skip or fields is None or fields[4] != "0":
             continue
         try:
@@ -152,7 +154,7 @@ def tcp_listener(port: int) -> tuple[int, str] | None:
                 inodes.add(f"socket:[{fields[9]}]")
     if not inodes:
         return None
-    for pid in _pids():
+    for pid in pids():
         try:
             fds = os.listdir(f"/proc/{pid}/fd")
         except OSError:

@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from jrd import leftovers
+
 
 @dataclass(frozen=True)
 class Child:
@@ -26,17 +28,10 @@ class Child:
 def children(ppid: int) -> list[Child]:
     """The processes whose parent is `ppid`, from /proc."""
     out = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                stat = f.read().decode(errors="replace")
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == ppid:
-            out.append(Child(int(entry.name), int(fields[2]), fields[0]))
+    for pid in leftovers.pids():
+        fields = leftovers.stat_fields(pid)
+        if fields is not None and int(fields[1]) == ppid:
+            out.append(Child(pid, int(fields[2]), fields[0]))
     return out
 
 

@@ -1,4 +1,4 @@
-"""Issue 2's "done when": a real browser logs in to jrd's HTTPS JupyterLab and runs a cell.
+"""A real browser logs in to jrd's HTTPS JupyterLab and runs a cell.
 
 Debian's Chromium, driven by Playwright (never `playwright install`: the
 browser is the system's /usr/bin/chromium), trusts jrd's CA through an NSS

@@ -1,4 +1,4 @@
-"""Issue 2: the whole stack, really run: supervisord, nginx and JupyterLab over HTTPS."""
+"""The whole stack, really run: supervisord, nginx and JupyterLab over HTTPS."""
 
 from __future__ import annotations
 

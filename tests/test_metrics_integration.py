@@ -1,4 +1,4 @@
-"""Issue 5: metrics, health probing and alerts, checked against a real jrd and a real Prometheus.
+"""Metrics, health probing and alerts, checked against a real jrd and a real Prometheus.
 
 One jrd (supervisord, nginx, JupyterLab) with fast health probes, and one
 Prometheus server from Debian's `prometheus` package scraping it every

@@ -1,4 +1,4 @@
-"""Issue 4: config edits take effect by themselves, transactionally, with the least disruption.
+"""Config edits take effect by themselves, transactionally, with the least disruption.
 
 One real jrd (supervisord, nginx, JupyterLab) is shared by the module.  Each
 test edits its config the way a person or a tool would and watches the effect

@@ -1,4 +1,4 @@
-"""Issue 4: which actions a reload takes, decided without files or processes."""
+"""Which actions a reload takes, decided without files or processes."""
 
 from __future__ import annotations
 

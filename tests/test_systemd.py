@@ -1,4 +1,4 @@
-"""Issue 2: jrd as a systemd service, with the unit checked offline and run under a REAL systemd.
+"""jrd as a systemd service, with the unit checked offline and run under a REAL systemd.
 
 The real systemd is booted as PID 1 of a new pid and mount namespace,
 chrooted into a debootstrapped Debian root (cached between runs, with a

@@ -1,4 +1,4 @@
-"""Issue 4: the file watcher.  The debounce timing is pure and runs on a fake
+"""The file watcher.  The debounce timing is pure and runs on a fake
 clock; the save patterns run on real files with real inotify, against a fake
 daemon that only records the commands it is given."""
 
