@@ -234,7 +234,9 @@ class Jrd:
 
     def login(self, password: str = PASSWORD) -> requests.Session:
         s = self.session()
-        s.get(self.url("/login"))
+        # The form on a connection of its own: a keep-alive connection that an nginx worker retiring
+        # after a reload closes would fail the POST (a browser retries it; requests does not).
+        s.get(self.url("/login"), headers={"Connection": "close"})
         xsrf = s.cookies.get("_xsrf")
         r = s.post(self.url("/login"), data={"password": password, "_xsrf": xsrf}, allow_redirects=False)
         assert r.status_code == 302, f"login failed: HTTP {r.status_code}"

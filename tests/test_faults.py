@@ -231,6 +231,9 @@ def test_sigkill_of_supervisord_is_restarted_in_place(jrd: Jrd) -> None:
 
 def test_sigstop_of_jupyter_and_of_nginx_master_is_caught_by_the_probes(jrd: Jrd) -> None:
     for program in ("jupyter", "nginx"):
+        # Once a probe has passed, failures count at once (a new instance has a startup grace).
+        now = time.time()
+        wait_for(lambda: probed_ok_since(jrd, program, now), 60, f"a passing probe of {program}")
         pid = jrd.supervisor_pid(program)
         os.kill(pid, signal.SIGSTOP)
         try:
