@@ -43,13 +43,13 @@ BIN = Path(sys.executable).parent
 POLL = 0.01
 
 
-def until(predicate: Callable[[], bool], timeout: float = 120) -> float:
+def until(predicate: Callable[[], bool], timeout: float = 120, what: str = "recovery") -> float:
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
         if predicate():
             return time.monotonic() - t0
         time.sleep(POLL)
-    raise SystemExit("no recovery within the timeout")
+    raise SystemExit(f"no {what} within {timeout:.0f} s")
 
 
 def settle(j: Jrd, program: str) -> None:
@@ -67,15 +67,18 @@ def first_supervisord(j: Jrd) -> int:
         return 0
 
 
-def trials(j: Jrd, n: int, program: str, victim: Callable[[], int]) -> list[float]:
+def trials(j: Jrd, n: int, program: str, victim: Callable[[], int], label: str) -> list[float]:
+    """Kill `victim()` n times; the seconds to serving each time.  `program` must pass a probe before each."""
     out = []
     for _ in range(n):
         settle(j, program)
         pid = victim()
         t0 = time.monotonic()
         os.kill(pid, signal.SIGKILL)
-        until(lambda: not j.serving() or victim() != pid, 10)
+        # A successor exists (for supervisord: only once jrd has ended the old stack), then it serves.
+        until(lambda: victim() not in (0, pid), 60, f"successor of {program}'s {pid}")
         until(j.serving)
+        print(f"{label}: {time.monotonic() - t0:.3f} s", file=sys.stderr, flush=True)
         out.append(time.monotonic() - t0)
     return out
 
@@ -83,7 +86,7 @@ def trials(j: Jrd, n: int, program: str, victim: Callable[[], int]) -> list[floa
 def plain_supervisord(user: str, n: int) -> list[float]:
     """The same `jupyter lab` under supervisord with its default settings: kill -9 to the first 200."""
     base = Path(tempfile.mkdtemp(prefix="plainsv-", dir="/tmp"))
-    base.chmod(0o755)
+    base.chmod(0o777)  # Jupyter's account writes its runtime files here
     port = free_port()
     sock = base / "sv.sock"
     argv = [str(BIN / "jupyter-lab"), "--no-browser", f"--port={port}", "--ServerApp.port_retries=0",
@@ -169,9 +172,9 @@ def main() -> int:
     j = Jrd(short_tmp(), FAST_HEALTH)
     j.start()
     try:
-        jupyter = trials(j, args.trials, "jupyter", lambda: j.supervisor_pid("jupyter"))
-        nginx = trials(j, args.trials, "nginx", lambda: (nginx_masters(j) or [0])[0])
-        supervisord = trials(j, max(3, args.trials // 2), "jupyter", lambda: first_supervisord(j))
+        jupyter = trials(j, args.trials, "jupyter", lambda: j.supervisor_pid("jupyter"), "jupyter")
+        nginx = trials(j, args.trials, "nginx", lambda: (nginx_masters(j) or [0])[0], "nginx master")
+        supervisord = trials(j, max(3, args.trials // 2), "jupyter", lambda: first_supervisord(j), "supervisord")
         loops = crash_loops(j, args.crash_loops)
     finally:
         j.stop()
