@@ -312,6 +312,8 @@ RESTORE_TIMER = "idle-restore"
 # A command that succeeded but left the machine up (a delayed `shutdown +5`, a test): serve again after this.
 RESTORE_AFTER = 600.0
 COMMAND_TIMEOUT = 300.0
+# jrd's own warning, written to a Jupyter terminal, moves that terminal's last_activity: not a person's.
+ECHO_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -365,6 +367,7 @@ class IdleGuard(Extension):
         self._lock = threading.Lock()
         # Main loop only, published as `record` for other threads.
         self.state: IdleState | None = None
+        self._announced_at: float | None = None
         self._record = IdleRecord(False, stops={r: 0 for r in STOP_RESULTS})
 
     # --- hooks -----------------------------------------------------------------------
@@ -430,6 +433,10 @@ class IdleGuard(Extension):
         now = self._wall()
         cfg = ctx.config.idle
         signals = dict(signals)
+        terminal = signals.get("terminal")
+        if (terminal is not None and terminal.active_at is not None and self._announced_at is not None
+                and self._announced_at <= terminal.active_at <= self._announced_at + ECHO_SECONDS):
+            signals["terminal"] = replace(terminal, active_at=None, value=terminal.value + ", jrd's own warning")
         rec = self.record
         if rec.hold_until is not None and rec.hold_until > now:
             signals["hold"] = Signal("hold", f"until {time.strftime('%H:%M:%S', time.localtime(rec.hold_until))}"
@@ -457,6 +464,7 @@ class IdleGuard(Extension):
     def _announce(self, message: str) -> None:
         log.warning("idle stop: %s", message.removeprefix("jrd: "))
         if self._warn_terminals and self._ctx is not None:
+            self._announced_at = self._wall()
             threading.Thread(target=write_to_terminals, args=(self._ctx, message), name="jrd-idle-wall",
                              daemon=True).start()
 
