@@ -11,7 +11,7 @@ does not (`[idle]` in jrd.toml; README, Idle stop):
     cpu            CPU of Jupyter and every process under it (kernels), % of one core, above a threshold
     gpu            GPU utilisation from nvidia-smi, above a threshold (no nvidia-smi: no signal)
     files          the newest modification time of a file under Jupyter's root dir (a save)
-    terminal       the newest `last_activity` of a Jupyter terminal (typing, or output)
+    terminal       the last input on a Jupyter terminal's pty (typing; not output, not jrd's own warning)
     login          the last input on an interactive login's tty (utmp), as `who -u` shows it
     hold           `jrdctl hold 3h`
 
@@ -293,9 +293,18 @@ class Sampler:
         return [Signal("files", f"newest change under {root}", newest)]
 
     def _terminals(self, config: Config, now: float) -> list[Signal]:
-        terminals = self.ctx.jupyter.get("api/terminals?no_track_activity=1", 5.0)
-        last = max((_iso(t["last_activity"]) for t in terminals if t.get("last_activity")), default=None)
-        return [Signal("terminal", f"{len(terminals)} terminal(s)", last)]
+        # Not the API's last_activity: Jupyter bumps it for output too, jrd's own warning included.
+        # A tty's atime moves when its reader takes input, that is when someone types.
+        pid = self.supervisor.process("jupyter").pid
+        ptys = jupyter_ptys(self.procs, pid) if pid else []
+        last = None
+        for pty in ptys:
+            try:
+                at = pty.stat().st_atime
+            except OSError:
+                continue
+            last = at if last is None else max(last, at)
+        return [Signal("terminal", f"{len(ptys)} terminal(s)", last)]
 
     def _logins(self, config: Config, now: float) -> list[Signal]:
         logins = read_logins(self.utmp)
@@ -312,8 +321,6 @@ RESTORE_TIMER = "idle-restore"
 # A command that succeeded but left the machine up (a delayed `shutdown +5`, a test): serve again after this.
 RESTORE_AFTER = 600.0
 COMMAND_TIMEOUT = 300.0
-# jrd's own warning, written to a Jupyter terminal, moves that terminal's last_activity: not a person's.
-ECHO_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -367,7 +374,6 @@ class IdleGuard(Extension):
         self._lock = threading.Lock()
         # Main loop only, published as `record` for other threads.
         self.state: IdleState | None = None
-        self._announced_at: float | None = None
         self._record = IdleRecord(False, stops={r: 0 for r in STOP_RESULTS})
 
     # --- hooks -----------------------------------------------------------------------
@@ -433,10 +439,6 @@ class IdleGuard(Extension):
         now = self._wall()
         cfg = ctx.config.idle
         signals = dict(signals)
-        terminal = signals.get("terminal")
-        if (terminal is not None and terminal.active_at is not None and self._announced_at is not None
-                and self._announced_at <= terminal.active_at <= self._announced_at + ECHO_SECONDS):
-            signals["terminal"] = replace(terminal, active_at=None, value=terminal.value + ", jrd's own warning")
         rec = self.record
         if rec.hold_until is not None and rec.hold_until > now:
             signals["hold"] = Signal("hold", f"until {time.strftime('%H:%M:%S', time.localtime(rec.hold_until))}"
@@ -464,7 +466,6 @@ class IdleGuard(Extension):
     def _announce(self, message: str) -> None:
         log.warning("idle stop: %s", message.removeprefix("jrd: "))
         if self._warn_terminals and self._ctx is not None:
-            self._announced_at = self._wall()
             threading.Thread(target=write_to_terminals, args=(self._ctx, message), name="jrd-idle-wall",
                              daemon=True).start()
 
