@@ -61,7 +61,7 @@ def cpu_benchmark(window: float, windows: int) -> dict[str, Any]:
             for name, j in jrds.items():
                 cpu, at = before[name]
                 samples[name].append((cpu_seconds(j.proc.pid) - cpu) / (time.monotonic() - at) * 100)
-        # The 1 s one may have stopped its (idle) Jupyter: a hold keeps it sampling instead.
+        # The 1 s one stops its idle Jupyter after 20 s and goes on sampling (Jupyter's API then refuses at once).
         return {name: {"median_percent": round(statistics.median(v), 4), "windows": [round(x, 4) for x in v]}
                 for name, v in samples.items()}
     finally:
