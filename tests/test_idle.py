@@ -146,3 +146,30 @@ def test_no_nvidia_smi_is_no_gpu_signal_not_an_error(tmp_path: Path) -> None:
     fake.write_text("#!/bin/sh\necho 3\necho 87\n")
     fake.chmod(0o755)
     assert idle.gpu_utilisation(str(fake)) == 87
+
+
+# --- jrdctl's view --------------------------------------------------------------------------
+
+
+def test_jrdctl_idle_lists_each_signal_with_its_value_and_last_activity() -> None:
+    from jrd.control.cli import format_idle, idle_line
+
+    rec = idle.IdleRecord(True, idle_since=1000, deadline=1600, warned=True, hold_until=None,
+                          signals={"cpu": Signal("cpu", "2.0 %", None), "files": Signal("files", "x", 900)},
+                          stops={"success": 0, "failure": 1}, last_error="exit status 3")
+    shown = format_idle({**rec.as_dict(1500), "shutdown_after_minutes": 10, "command": ["systemctl", "poweroff"]},
+                        1500)
+    assert "after 10 min idle, runs systemctl poweroff" in shown
+    assert "WARNING: idle 8m20s" in shown and "in 1m40s" in shown
+    assert "\ncpu " in shown and "2.0 %" in shown and "never" in shown and "\nfiles " in shown
+    assert "0 succeeded, 1 failed; last error: exit status 3" in shown
+    held = idle.IdleRecord(True, idle_since=1000, deadline=1600, hold_until=5000, hold_reason="training")
+    assert "held until" in idle_line(held.as_dict(1500), 1500) and "(training)" in idle_line(held.as_dict(1500), 1500)
+
+
+def test_jrdctl_hold_takes_a_duration_or_release() -> None:
+    from jrd.control.cli import build_parser
+
+    args = build_parser().parse_args(["hold", "3h", "--reason", "training run"])
+    assert args.duration == "3h" and args.reason == "training run" and not args.release
+    assert build_parser().parse_args(["hold", "--release"]).release
