@@ -9,6 +9,7 @@ from jrd.control.server import ControlServer
 from jrd.daemon import Daemon
 from jrd.events import ProgramEvents
 from jrd.health import HealthMonitor
+from jrd.idle import IdleGuard
 from jrd.layout import Layout
 from jrd.metrics import MetricsServer
 from jrd.watch import ConfigWatcher
@@ -16,11 +17,14 @@ from jrd.watch import ConfigWatcher
 
 def build_daemon(config: Config, loader: Callable[[], Config], interactive: bool) -> Daemon:
     announce = print_flush if interactive else None
+    idle = IdleGuard()
     extensions = [
         ControlServer(Layout.of(config).control_socket, config.control.group),
         ProgramEvents(),
         HealthMonitor(),
-        MetricsServer(),
+        MetricsServer(idle=lambda: idle.record),
+        # Stops the machine when nobody uses it ([idle]); off by default.
+        idle,
         # Saved edits to the config, the password file or an external certificate reload by themselves.
         ConfigWatcher(),
     ]

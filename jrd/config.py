@@ -390,6 +390,25 @@ class ControlConfig:
     group: str = _key(_group_name, "")
 
 
+def _command(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        raise ValueError("a non-empty list of non-empty strings, such as [\"systemctl\", \"poweroff\"]")
+    return _string_list()(value)
+
+
+@dataclass(frozen=True)
+class IdleConfig:
+    shutdown_after_minutes: float = _key(_number_range(0, 366 * 24 * 60), 0.0)
+    warn_minutes: float = _key(_number_range(0, 366 * 24 * 60), 10.0)
+    command: tuple[str, ...] = _key(_command, ("systemctl", "poweroff"))
+    cpu_busy_percent: float = _key(_number_range(0.1, 100_000), 10.0)
+    gpu_busy_percent: float = _key(_number_range(0.1, 100), 5.0)
+
+    @property
+    def enabled(self) -> bool:
+        return self.shutdown_after_minutes > 0
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole, validated config.  `source` is the file it came from."""
@@ -402,6 +421,7 @@ class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     log: LogConfig = field(default_factory=LogConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
+    idle: IdleConfig = field(default_factory=IdleConfig)
     source: Path | None = None
 
     # --- derived values, so that every consumer agrees on them ----------
@@ -458,6 +478,7 @@ _SECTIONS: dict[str, type] = {
     "paths": PathsConfig,
     "log": LogConfig,
     "control": ControlConfig,
+    "idle": IdleConfig,
 }
 
 
@@ -526,6 +547,13 @@ def _check_whole(where: str, config: Config) -> None:
         )
     if not config.nginx.listen:
         raise ConfigError(f"{where}: [nginx] listen = [] is invalid: it must name at least one address")
+    idle = config.idle
+    if idle.enabled and idle.warn_minutes >= idle.shutdown_after_minutes:
+        raise ConfigError(
+            f"{where}: [idle] warn_minutes = {_show(idle.warn_minutes)} is invalid: it must be less than "
+            f"shutdown_after_minutes ({_show(idle.shutdown_after_minutes)}), or the warning would come before "
+            "any idle time"
+        )
     base = config.jupyter.base_url
     if not (base.startswith("/") and base.endswith("/")):
         raise ConfigError(f"{where}: [jupyter] base_url = {base!r} is invalid: it must start and end with '/'")

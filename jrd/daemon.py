@@ -33,6 +33,7 @@ from jrd.control.commands import handlers as control_handlers
 from jrd.errors import Interrupted, SupervisorError
 from jrd.extension import Context, Extension
 from jrd.fsutil import ensure_dir
+from jrd.idle import IdleGuard
 from jrd.jupyter import JupyterClient
 from jrd.layout import Layout
 from jrd.ledger import Ledger
@@ -100,6 +101,7 @@ class Daemon:
             programs=self.programs, ledger=self.ledger, reloader=self.reloader, certificates=self.certificates,
             layout=self.layout, jupyter_api=self.jupyter_api, config=lambda: self.running.config,
             status=self.status, reload_later=self._reload_later, after_cert_check=self._schedule_cert_check,
+            idle=next((e for e in self.extensions if isinstance(e, IdleGuard)), None),
         )
         self.serving = serving.ServingCheck(lambda: self.running.config, self.ledger, self.bus.post,
                                             self.timers.schedule, self.supervision.crash_loops)
@@ -352,6 +354,7 @@ class Daemon:
                 "successes": rec.successes, "failures": rec.failures,
             },
             "pending": self.pending(),
+            "idle": self.operations.idle_summary(),
         }
 
     def pending(self) -> list[str]:

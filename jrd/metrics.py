@@ -133,8 +133,12 @@ class JrdCollector:
         stub_status: Callable[[Path, float], dict[str, int]] = nginx.read_stub_status,
         timeout: float = SCRAPE_CALL_TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
+        idle: Callable[[], Any] | None = None,
+        wall: Callable[[], float] = time.time,
     ):
         self.ctx = ctx
+        self._idle = idle  # the idle guard's record (jrd.idle.IdleRecord), read at scrape time
+        self._wall = wall
         # Its own client with a short timeout: a scrape must not wait as long as a command may.
         self.supervisor = supervisor or Supervisor(ctx.layout.supervisor_socket, timeout=timeout)
         self.procs = procs or ProcReader()
@@ -208,6 +212,8 @@ class JrdCollector:
         yield from self._nginx(got["nginx"][0])
         yield from self._probes(ledger)
         yield from self._serving(ledger)
+        if self._idle is not None:
+            yield from self._idle_metrics(self._idle())
         info = _gauge("jrd_build_info", "jrd's version; always 1.", ["version"])
         info.add_metric([__version__], 1)
         yield info
@@ -376,6 +382,31 @@ class JrdCollector:
         at.add_metric([], serving.checked_at)
         yield at
 
+    def _idle_metrics(self, rec: Any) -> Iterator[Metric]:
+        on = _gauge("jrd_idle_stop_enabled", "Whether jrd stops the machine when it is idle ([idle]).")
+        on.add_metric([], 1 if rec.enabled else 0)
+        yield on
+        stops = _counter("jrd_idle_stops", "Idle stops since jrd started, by the stop command's result.", ["result"])
+        for result in (states.RESULT_SUCCESS, states.RESULT_FAILURE):
+            stops.add_metric([result], (rec.stops or {}).get(result, 0))
+        yield stops
+        now = self._wall()
+        holds = _gauge("jrd_idle_holds_active", "Holds (jrdctl hold) keeping the machine up now.")
+        holds.add_metric([], 1 if rec.hold_until is not None and rec.hold_until > now else 0)
+        yield holds
+        if not rec.enabled or rec.idle_since is None:
+            return
+        idle = _gauge("jrd_idle_seconds", "How long no activity signal has moved.")
+        idle.add_metric([], max(0.0, now - rec.idle_since))
+        yield idle
+        warned = _gauge("jrd_idle_stop_warning", "Whether the warning that the machine will stop is out.")
+        warned.add_metric([], 1 if rec.warned else 0)
+        yield warned
+        if rec.deadline is not None:
+            at = _gauge("jrd_idle_stop_timestamp_seconds", "When jrd will stop the idle machine, as a Unix time.")
+            at.add_metric([], rec.deadline)
+            yield at
+
 
 def build_registry(collector: JrdCollector) -> CollectorRegistry:
     """A private registry: jrd's collector plus the standard process and Python ones."""
@@ -390,7 +421,8 @@ def build_registry(collector: JrdCollector) -> CollectorRegistry:
 class MetricsServer(Extension):
     """Serve /metrics on [metrics] listen (nothing if it is empty), from a private registry."""
 
-    def __init__(self) -> None:
+    def __init__(self, idle: Callable[[], Any] | None = None) -> None:
+        self._idle = idle
         self.registry: CollectorRegistry | None = None
         self.collector: JrdCollector | None = None
         self._server: Any = None
@@ -403,7 +435,7 @@ class MetricsServer(Extension):
         listen = ctx.config.metrics.listen
         if not listen:
             return
-        self.collector = JrdCollector(ctx)
+        self.collector = JrdCollector(ctx, idle=self._idle)
         self.registry = build_registry(self.collector)
         host, port = split_host_port(listen)
         self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)

@@ -13,6 +13,7 @@ from typing import Any, Callable
 from jrd import logs, passwords, states
 from jrd.config import Config
 from jrd.errors import JrdError, SupervisorError
+from jrd.idle import IdleGuard
 from jrd.jupyter import JupyterClient
 from jrd.layout import Layout
 from jrd.ledger import Ledger
@@ -27,7 +28,8 @@ class Operations:
     def __init__(self, *, programs: dict[str, Program], ledger: Ledger, reloader: Reloader,
                  certificates: CertManager, layout: Layout, jupyter_api: JupyterClient,
                  config: Callable[[], Config], status: Callable[[], dict[str, Any]],
-                 reload_later: Callable[[str], None], after_cert_check: Callable[[], None]):
+                 reload_later: Callable[[str], None], after_cert_check: Callable[[], None],
+                 idle: IdleGuard | None = None):
         self._programs = programs
         self._ledger = ledger
         self._reloader = reloader
@@ -38,6 +40,7 @@ class Operations:
         self._reload_later = reload_later
         self._status = status
         self._after_cert_check = after_cert_check
+        self._idle = idle
 
     def status(self) -> dict[str, Any]:
         return self._status()
@@ -127,3 +130,29 @@ class Operations:
 
     def logs(self, program: str, offset: int | None, lines: int) -> dict[str, Any]:
         return logs.read_log(self._layout.log_file(program), offset, lines)
+
+    def _idle_guard(self) -> IdleGuard:
+        if self._idle is None:
+            raise JrdError("this jrd has no idle stop")
+        return self._idle
+
+    def idle(self) -> dict[str, Any]:
+        """Each activity signal and its last value, the idle time, the stop time, holds and stops."""
+        return self._idle_guard().status()
+
+    def idle_summary(self) -> dict[str, Any] | None:
+        """The idle stop's part of `jrdctl status`: None when it is off."""
+        if self._idle is None or not self._config().idle.enabled:
+            return None
+        full = self._idle.status()
+        return {k: full[k] for k in ("idle_seconds", "stop_at", "stop_in_seconds", "warned", "stopping", "hold")
+                if k in full}
+
+    def hold(self, seconds: float | None, reason: str, release: bool) -> dict[str, Any]:
+        """Keep the machine up for `seconds` whatever the signals say, or end the hold (`release`)."""
+        guard = self._idle_guard()
+        if release:
+            return guard.release()
+        if not seconds:
+            raise JrdError("hold needs a duration such as 3h, or --release")
+        return guard.hold(seconds, reason)

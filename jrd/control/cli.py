@@ -167,6 +167,8 @@ def format_status(st: Mapping[str, Any], now: float) -> str:
         facts.append(["last reload", f"REFUSED {when(reload.get('last_at'), now)}: {reload.get('error', '')}"])
     pending = st.get("pending") or []
     facts.append(["pending", "; ".join(pending) if pending else "nothing"])
+    if st.get("idle"):
+        facts.append(["idle stop", idle_line(st["idle"], now)])
     lines.append(table(facts))
     return "\n".join(lines)
 
@@ -319,6 +321,83 @@ def cmd_generic(client: Client, args: argparse.Namespace) -> int:
         for key, value in result.items():
             print(f"{key}: {value}")
     return EXIT_OK
+
+
+# --- idle stop and holds -------------------------------------------------------------------------
+
+
+def idle_line(idle: Mapping[str, Any], now: float) -> str:
+    """One sentence: idle for how long, when the machine stops, and whether a warning or hold is out."""
+    if not idle.get("enabled", True) and "stop_at" not in idle:
+        return "off"
+    if idle.get("stopping"):
+        return "STOPPING the machine now"
+    text = f"idle {duration(idle.get('idle_seconds'))}"
+    if idle.get("stop_at"):
+        stamp = dt.datetime.fromtimestamp(idle["stop_at"]).strftime("%H:%M:%S")
+        text += f", stops at {stamp} (in {duration(max(0.0, idle['stop_at'] - now))})"
+    if idle.get("warned"):
+        text = "WARNING: " + text
+    hold = idle.get("hold")
+    if hold:
+        text += f"; held until {dt.datetime.fromtimestamp(hold['until']).strftime('%Y-%m-%d %H:%M')}"
+        text += f" ({hold['reason']})" if hold.get("reason") else ""
+    return text
+
+
+def format_idle(idle: Mapping[str, Any], now: float) -> str:
+    """`jrdctl idle`: the verdict, then each signal, its last value and when it last saw activity."""
+    if not idle.get("enabled"):
+        head = "idle stop: off ([idle] shutdown_after_minutes = 0)"
+    else:
+        head = (f"idle stop: after {idle.get('shutdown_after_minutes', 0):g} min idle, runs "
+                f"{' '.join(idle.get('command') or [])}\n{idle_line(idle, now)}")
+    rows = [["SIGNAL", "VALUE", "LAST ACTIVE"]]
+    for name, sig in (idle.get("signals") or {}).items():
+        value = sig.get("value", "")
+        if sig.get("error"):
+            value += f" ({sig['error']})"
+        rows.append([name, value, when(sig.get("last_active"), now)])
+    stops = idle.get("stops") or {}
+    tail = f"stops: {stops.get('success', 0)} succeeded, {stops.get('failure', 0)} failed"
+    if idle.get("last_error"):
+        tail += f"; last error: {idle['last_error']}"
+    return "\n".join([head, "", table(rows) if len(rows) > 1 else "no sample yet", "", tail])
+
+
+def cmd_idle(client: Client, args: argparse.Namespace) -> int:
+    idle = client.call("idle")
+    if args.json:
+        emit_json(idle)
+    else:
+        print(format_idle(idle, time.time()))
+    return EXIT_OK
+
+
+def cmd_hold(client: Client, args: argparse.Namespace) -> int:
+    from jrd.idle import parse_duration
+
+    if args.release:
+        result = client.call("hold", release=True)
+    else:
+        if not args.duration:
+            raise UsageError("hold needs a duration such as 3h or 90m, or --release")
+        try:
+            seconds = parse_duration(args.duration)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        result = client.call("hold", seconds=seconds, reason=args.reason or "")
+    if args.json:
+        emit_json(result)
+    elif args.release:
+        print("Hold released." if result.get("released") else "There was no hold.")
+    else:
+        print(f"Held: {idle_line(result, time.time())}")
+    return EXIT_OK
+
+
+def _duration(p: argparse.ArgumentParser) -> None:
+    p.add_argument("duration", nargs="?", help="how long: 3h, 90m, 1h30m, 2d")
 
 
 # --- certificates, version, completion: no control command of their own --------------------------
@@ -500,6 +579,8 @@ PRINTERS: Mapping[str, Printer] = {
     "logs": Printer(cmd_logs, _follow),
     "renew_cert": Printer(cmd_renew),
     "passwd": Printer(cmd_passwd, _stdin),
+    "idle": Printer(cmd_idle),
+    "hold": Printer(cmd_hold, _duration),
 }
 
 # Verbs that group others (`jrdctl cert ACTION`).

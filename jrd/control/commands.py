@@ -37,6 +37,8 @@ class ControlTarget(Protocol):
     def passwd(self, hashed: str, source: str) -> dict[str, Any]: ...
     def kernels(self) -> dict[str, Any]: ...
     def logs(self, program: str, offset: int | None, lines: int) -> dict[str, Any]: ...
+    def idle(self) -> dict[str, Any]: ...
+    def hold(self, seconds: float | None, reason: str, release: bool) -> dict[str, Any]: ...
 
 
 # --- arguments ---------------------------------------------------------------------------------
@@ -213,6 +215,20 @@ COMMANDS: Mapping[str, CommandSpec] = _table(
         timeout=120.0, verb="passwd",
         help="change the login password; Jupyter applies it under its restart policy",
         examples=("jrdctl passwd", "echo 'long passphrase' | jrdctl passwd --stdin"),
+    ),
+    CommandSpec(
+        "idle", lambda t, a: t.idle(), logged=False, verb="idle",
+        help="the idle stop: each activity signal and its last value, idle time, when the machine stops, holds",
+        examples=("jrdctl idle", "jrdctl idle --json | jq .signals"),
+    ),
+    CommandSpec(
+        "hold", lambda t, a: t.hold(a.get("seconds"), a.get("reason", ""), a.get("release", False)),
+        # jrdctl reads the duration ("3h") into seconds.
+        args=(Arg("seconds", float, bounds=(1, 366 * 86400), help="how long to hold, in seconds"),
+              Arg("reason", str, default="", flags=("--reason",), help="why, shown by jrdctl idle and status"),
+              Arg("release", bool, default=False, flags=("--release",), help="end the hold now")),
+        verb="hold", help="keep the machine up for a while whatever the idle signals say, or --release",
+        examples=("jrdctl hold 3h --reason 'training run'", "jrdctl hold 90m", "jrdctl hold --release"),
     ),
     # Asked by `jrdctl restart` on a terminal before it stops running kernels.
     CommandSpec("kernels", lambda t, a: t.kernels(), logged=False),
