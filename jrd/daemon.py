@@ -353,10 +353,6 @@ class Daemon:
                 "last_ok": rec.ok, "last_at": rec.at, "last_success_at": rec.last_success_at, "error": rec.error,
                 "successes": rec.successes, "failures": rec.failures,
             },
-            "pending": self.pending(),
+            "pending": [f"restart jupyter ({p.reason}) when no kernel is busy"] if (p := self.jupyter.pending) else [],
             "idle": self.operations.idle_summary(),
         }
-
-    def pending(self) -> list[str]:
-        pending = self.jupyter.pending
-        return [f"restart jupyter ({pending.reason}) when no kernel is busy"] if pending else []
