@@ -37,7 +37,7 @@ from jrd.idle import IdleGuard
 from jrd.jupyter import JupyterClient
 from jrd.layout import Layout
 from jrd.ledger import Ledger
-from jrd.loop import Command, CommandBus, Timers
+from jrd.loop import ClockJump, Command, CommandBus, Timers
 from jrd.programs import Jupyter, Nginx, Program
 from jrd.operations import Operations
 from jrd.reload import Reloader, Running
@@ -118,6 +118,7 @@ class Daemon:
         self.bus.add_handler("sighup", self._on_sighup)
         self._hups = Debouncer(quiet=SIGHUP_QUIET, write_grace=SIGHUP_QUIET, max_delay=SIGHUP_MAX_DELAY)
         self._leaf_seen: tuple[tuple[int, int, int], ...] | None = None
+        self._clock_jump = ClockJump()
         self.bus.add_handler("serving_result", lambda cmd: self.serving.record(cmd.args["serving"]))
         for name, handler in control_handlers(self.operations).items():
             self.bus.add_handler(name, handler)
@@ -202,6 +203,7 @@ class Daemon:
         self.wait_serving(self._clock() + serving.STARTUP_TIMEOUT)
         self._schedule_cert_check()
         self.timers.schedule("supervise", SUPERVISE_INTERVAL, self._supervise)
+        self._clock_jump.jumped(self._wall().timestamp(), self._clock())  # the first look
         self.serving.start()
         host = cfg.local_probe_host if ":" not in cfg.local_probe_host else f"[{cfg.local_probe_host}]"
         local = cfg.url.replace(cfg.url.split("/")[2], f"{host}:{cfg.nginx.port}")
@@ -290,6 +292,10 @@ class Daemon:
     def _supervise(self) -> None:
         try:
             self.supervision.tick()
+            if jump := self._clock_jump.jumped(self._wall().timestamp(), self._clock()):
+                log.warning("the clock moved %+.0f s beyond jrd's own (a suspend, a stopped VM or a clock step); "
+                            "checking the certificate now", jump)
+                self.timers.schedule("cert", 0, lambda: self.operations.renew_cert(False, reply_expected=False))
             if pair_signature(self.config, self.layout) != self._leaf_seen:
                 # Deleted, corrupted or replaced outside jrd: nginx still serves the pair it loaded;
                 # the renewal path checks the files and issues a new pair if they are unusable.

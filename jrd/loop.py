@@ -123,3 +123,23 @@ class CommandBus:
             return
         if cmd.reply:
             cmd.reply.set_result(result)
+
+
+class ClockJump:
+    """Notices the wall clock moving apart from the monotonic one: a suspend, a stopped VM, a clock step.
+
+    Timers run on the monotonic clock, which does not count a suspend; what
+    depends on the date (a certificate's expiry) must be looked at again then.
+    """
+
+    def __init__(self, threshold: float = 60.0):
+        self.threshold = threshold
+        self._last: tuple[float, float] | None = None
+
+    def jumped(self, wall: float, mono: float) -> float:
+        """Seconds the wall clock moved beyond the monotonic one since the last look (0 below the threshold)."""
+        last, self._last = self._last, (wall, mono)
+        if last is None:
+            return 0.0
+        drift = (wall - last[0]) - (mono - last[1])
+        return drift if abs(drift) >= self.threshold else 0.0

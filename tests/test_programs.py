@@ -330,3 +330,14 @@ def test_kills_of_a_program_that_served_are_no_crash_loop_but_quick_deaths_are(t
         crash(served=False)
     assert sup.calls == [("stop", "nginx")]  # held: it died three times without ever answering
     assert watch.status("nginx", clock.now)["restarts"] == 3  # type: ignore[index]
+
+
+def test_clock_jump_is_the_wall_clock_moving_apart_from_the_monotonic_one() -> None:
+    from jrd.loop import ClockJump
+
+    jump = ClockJump(threshold=60)
+    assert jump.jumped(1000.0, 5.0) == 0.0  # the first look
+    assert jump.jumped(1005.0, 10.0) == 0.0  # both moved alike
+    assert jump.jumped(1040.0, 15.0) == 0.0  # 30 s apart: below the threshold (NTP slews, slow ticks)
+    assert jump.jumped(1040.0 + 5 + 86400, 20.0) == 86400.0  # a suspended or stopped machine woke up
+    assert jump.jumped(1000.0, 25.0) == -86450.0  # and a step back is noticed too

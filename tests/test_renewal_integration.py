@@ -12,6 +12,7 @@ The external-certificate tests run the real `jrd run` and use SIGHUP.
 
 from __future__ import annotations
 
+import datetime as dt
 import errno
 import http.client
 import json
@@ -44,6 +45,10 @@ HERE = Path(__file__).resolve()
 # --- the harness (runs in its own process) --------------------------------------------
 
 
+# The harness's wall clock runs this far ahead of the machine's: a clock that jumped.
+CLOCK_OFFSET = [dt.timedelta(0)]
+
+
 class StdinCommands(Extension):
     """A daemon extension: each stdin line is {"name", "args"} for the command path, or {"fault": bool}."""
 
@@ -59,6 +64,9 @@ class StdinCommands(Extension):
             if "fault" in msg:
                 self.faults.on = bool(msg["fault"])
                 reply: dict[str, Any] = {"ok": True}
+            elif "clock_offset_days" in msg:
+                CLOCK_OFFSET[0] = dt.timedelta(days=msg["clock_offset_days"])
+                reply = {"ok": True}
             else:
                 fut = daemon.submit(msg["name"], "test harness", **msg.get("args", {}))
                 try:
@@ -90,8 +98,10 @@ def harness_main(config_path: str) -> int:
 
     path = Path(config_path)
     setup_logging("info")
+    from jrd.tls import certs
+
     daemon = Daemon(load_config(path), config_loader=lambda: load_config(path),
-                    announce=lambda m: print(m, flush=True))
+                    announce=lambda m: print(m, flush=True), wall=lambda: certs.utcnow() + CLOCK_OFFSET[0])
     daemon.certificates.retry_first = 1.0  # production waits 30 s before the first retry
     daemon.extensions.append(StdinCommands(Faults(daemon.layout.leaf_cert)))
     return daemon.run()
@@ -486,3 +496,18 @@ def test_jrdctl_reports_the_external_certificate(external: tuple[Jrd, Certbot]) 
     assert "ca" not in shown
     res = j.jrdctl("cert", "renew", "--force")
     assert res.returncode == 0 and "external" in res.stdout + res.stderr, res
+
+
+def test_a_clock_jump_past_expiry_renews_at_once() -> None:
+    """A VM stopped for months wakes with a clock far ahead: the leaf is renewed within seconds, not hours."""
+    j = HarnessJrd(short_tmp())
+    j.start()
+    try:
+        old = served_serial(j)
+        assert j.send({"clock_offset_days": 120})["ok"]  # the 90-day leaf is now expired
+        # Unverified: the new leaf starts 120 days from the machine's own clock.
+        wait_for(lambda: served_serial_unverified(j.port) != old, 30, "a new certificate after the clock jump")
+        wait_for(lambda: "the clock moved" in j.read_output(), 10, "the jump to be logged")
+    finally:
+        j.stop(signal.SIGTERM, timeout=60)
+        shutil.rmtree(j.base, ignore_errors=True)
