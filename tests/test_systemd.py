@@ -449,3 +449,31 @@ def test_stop_leaves_no_process_behind(service: Service) -> None:
     assert service.programs() == []
     assert not (booted.root / "run/jrd").exists()
     assert not service.serving()
+
+
+def test_idle_stop_powers_the_machine_off_after_stopping_jupyter(service: Service) -> None:
+    """The default `systemctl poweroff` really powers the (booted) machine off, Jupyter stopped cleanly first.
+
+    The last test of this module: it ends the booted systemd.
+    """
+    booted = service.booted
+    conf = booted.root / "etc/jrd/jrd.toml"
+    conf.write_text(conf.read_text() + "[idle]\nshutdown_after_minutes = 0.5\nwarn_minutes = 0.2\n")
+    res = booted.systemctl("start", "jrd", timeout=180)
+    assert res.returncode == 0, res.stderr + booted.diagnostics()
+    wait_for(service.serving, 60, "jrd to serve")
+    upper = booted.work / "upper"
+    try:
+        wait_for(lambda: booted.unshare.poll() is not None, 180, "the idle machine to power itself off",
+                 interval=0.5)
+    except AssertionError:
+        raise AssertionError(f"still up: {booted.diagnostics()}") from None
+    # The booted root's changes outlive it in the overlay's upper dir: jrd's programs' logs say what happened.
+    supervisord_log = (upper / "var/log/jrd/supervisord.log").read_text(errors="replace")
+    supervisord_log = supervisord_log[supervisord_log.rfind("supervisord started with pid"):]  # this run's
+    jupyter_stopped = supervisord_log.find("stopped: jupyter (exit status 0)")
+    assert jupyter_stopped >= 0, supervisord_log[-2000:]
+    # Jupyter first, on its own: a plain shutdown of jrd stops nginx first (supervisord's reverse priority).
+    assert jupyter_stopped < supervisord_log.find("stopped: nginx"), supervisord_log[-2000:]
+    jupyter_log = (upper / "var/log/jrd/jupyter.log").read_text(errors="replace")
+    assert "Shutting down" in jupyter_log, jupyter_log[-2000:]
