@@ -10,6 +10,7 @@ rendering needs (`gather_inputs`), lets extensions add theirs, renders
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import pwd
 import sys
@@ -26,6 +27,8 @@ from jrd.layout import Layout
 from jrd.render import RenderedFile, RenderInputs, render_all
 from jrd.tls import certs, profiles
 from jrd.tls.bootstrap import TlsFiles, ensure_tls
+
+log = logging.getLogger("jrd")
 
 Contribute = Callable[[RenderInputs], RenderInputs]
 
@@ -179,6 +182,10 @@ def make_dirs(inp: RenderInputs, create_root_dir: bool = True) -> None:
                 "yourself, owned by the Jupyter account, and under systemd allow writing to it with a drop-in "
                 "(`systemctl edit jrd`: [Service] ReadWritePaths=" + str(root_dir) + ")"
             ) from None
+    if root_dir is not None and root_dir.exists() and not preflight.writable_by(root_dir, acct):
+        # Jupyter starts and serves, but nothing can be saved: say so, and how to fix it.
+        log.warning("the notebook dir %s is not writable by the Jupyter account %s: notebooks cannot be saved; "
+                    "fix it with `chown -R %s %s`", root_dir, acct.name, acct.name, root_dir)
 
 
 def stage(files: dict[str, RenderedFile], nginx_exe: Path, into: Path) -> Path:

@@ -146,3 +146,19 @@ def nginx_worker_user() -> str:
         except KeyError:
             continue
     return "nobody"
+
+
+def writable_by(path: Path, account: Account) -> bool:
+    """Whether `account` may create files in the directory `path`, by its owner, group and mode bits."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    if account.uid == 0:
+        return True
+    groups = {account.gid, *os.getgrouplist(account.name, account.gid)}
+    if st.st_uid == account.uid:
+        return st.st_mode & 0o300 == 0o300
+    if st.st_gid in groups:
+        return st.st_mode & 0o030 == 0o030
+    return st.st_mode & 0o003 == 0o003

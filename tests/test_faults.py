@@ -427,3 +427,41 @@ def test_a_full_state_and_runtime_disk_refuses_renewal_and_reload_and_keeps_serv
     finally:
         j.stop()
         subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_a_missing_notebook_dir_is_made_for_the_jupyter_account(make_jrd) -> None:  # type: ignore[no-untyped-def]
+    import pwd
+
+    j: Jrd = make_jrd()
+    assert not j.notebooks.exists()
+    j.start()
+    st = j.notebooks.stat()
+    assert pwd.getpwuid(st.st_uid).pw_name == j.user and st.st_mode & 0o777 == 0o755
+    assert j.serving()
+
+
+def test_an_unwritable_notebook_dir_serves_and_says_how_to_fix_it(make_jrd) -> None:  # type: ignore
+    j: Jrd = make_jrd()
+    if j.user == "root":
+        pytest.skip("*** SKIPPED: Jupyter runs as root here, for which every directory is writable ***")
+    j.notebooks.mkdir(mode=0o755)
+    os.chown(j.notebooks, 0, 0)
+    j.start()
+    assert j.serving()
+    out = j.read_output()
+    assert f"not writable by the Jupyter account {j.user}" in out and f"chown -R {j.user}" in out, out
+
+
+def test_a_missing_jupyter_is_one_clear_sentence(make_jrd) -> None:  # type: ignore[no-untyped-def]
+    from conftest import BIN
+
+    j: Jrd = make_jrd()
+    j.set_password()
+    jupyter, hidden = BIN / "jupyter", BIN / "jupyter.hidden-by-test"
+    jupyter.rename(hidden)
+    try:
+        res = j.jrd("run", timeout=60)
+    finally:
+        hidden.rename(jupyter)
+    assert res.returncode == 3 and "Jupyter is not installed beside jrd" in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr
