@@ -99,6 +99,15 @@ def summary(values: list[float]) -> dict[str, float]:
             "max_ms": round(max(values) * 1000, 1), "runs": len(values)}
 
 
+def report(result: dict[str, object], as_json: bool) -> None:
+    """A benchmark's figures: JSON, or one `name: value` line each."""
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        for key, value in result.items():
+            print(f"{key}: {value}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--status-runs", type=int, default=30)
@@ -129,11 +138,7 @@ def main() -> int:
         "bare jupyter lab cold start (exec to /api 200)": summary(colds),
         "restart / cold start (medians)": round(statistics.median(restarts) / statistics.median(colds), 2),
     }
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        for key, value in result.items():
-            print(f"{key}: {value}")
+    report(result, args.json)
     return 0
 
 

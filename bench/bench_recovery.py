@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_ctl import cold_start, summary  # noqa: E402
+from bench_ctl import cold_start, report, summary  # noqa: E402
 from jrd import leftovers  # noqa: E402
 from conftest import Jrd, free_port, short_tmp, wait_for  # noqa: E402
 from test_faults import FAST_HEALTH, hold_port, nginx_masters, probed_ok_since, supervisord_pid  # noqa: E402
@@ -197,11 +197,7 @@ def main() -> int:
         "kill -9 supervisord -> serving (jrd)": summary(supervisord),
         "crash loop held, cause removed -> serving (jrd)": summary(loops),
     }
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        for key, value in result.items():
-            print(f"{key}: {value}")
+    report(result, args.json)
     return 0
 
 
