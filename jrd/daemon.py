@@ -195,7 +195,8 @@ class Daemon:
                         "run jrd as root to keep it apart (see README, Trusting the CA)", layout.tls_dir)
         become_subreaper()
         self.supervision.supervisord = self._launch_supervisord()
-        self.supervision.deathwatch = DeathWatch(self._on_death)
+        self.supervision.deathwatch = DeathWatch(
+            lambda pid: self.supervision.on_death(pid) and self.bus.post("supervise", "supervisord died"))
         self.supervision.deathwatch.start()
         self.supervision.tick()
         for ext in self.extensions:
@@ -258,18 +259,6 @@ class Daemon:
             self.supervision.supervisord = proc  # so that stop() ends it
             raise
         return proc
-
-    def _on_death(self, pid: int) -> None:
-        """From the death watch's thread: a supervised process (or supervisord itself) just died."""
-        proc = self.supervision.supervisord
-        if proc is not None and pid == proc.pid:
-            self.bus.post("supervise", "supervisord died")
-            return
-        try:
-            # supervisord polls once a second; poke it so that the respawn is not delayed.
-            self.supervisor.state()
-        except SupervisorError as exc:
-            log.debug("could not poke supervisord: %s", exc)
 
     def _contribute(self, inputs: RenderInputs) -> RenderInputs:
         for ext in self.extensions:

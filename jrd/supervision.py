@@ -192,6 +192,17 @@ class Supervision:
         self.supervisord = self.relaunch()
         return False
 
+    def on_death(self, pid: int) -> bool:
+        """From the death watch's thread: True if supervisord itself died (jrd must look), else poke it."""
+        if self.supervisord is not None and pid == self.supervisord.pid:
+            return True
+        try:
+            # supervisord polls once a second; poke it so that the respawn is not delayed.
+            self.supervisor.state()
+        except SupervisorError as exc:
+            log.debug("could not poke supervisord: %s", exc)
+        return False
+
     def next_due(self, now: float) -> float | None:
         """Seconds until a hold ends, if one does; the daemon looks again then, not at its next tick."""
         waits = [h["next_try_in"] for n in self.policy.names() if (h := self.policy.held(n, now))]
