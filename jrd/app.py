@@ -12,6 +12,7 @@ from jrd.health import HealthMonitor
 from jrd.idle import IdleGuard
 from jrd.layout import Layout
 from jrd.metrics import MetricsServer
+from jrd.static_cache import StaticBundles
 from jrd.watch import ConfigWatcher
 
 
@@ -25,6 +26,8 @@ def build_daemon(config: Config, loader: Callable[[], Config], interactive: bool
         MetricsServer(idle=lambda: idle.record),
         # Stops the machine when nobody uses it ([idle]); off by default.
         idle,
+        # nginx serves JupyterLab's bundles itself, compressed once ([nginx] static_bundles).
+        StaticBundles(),
         # Saved edits to the config, the password file or an external certificate reload by themselves.
         ConfigWatcher(),
     ]

@@ -58,7 +58,7 @@ def gather_inputs(config: Config, layout: Layout, tls: TlsFiles, hashed_password
         layout=layout,
         jupyter_executable=preflight.find_jupyter(),
         nginx_executable=nginx_exe,
-        nginx_version=nginx.version(nginx_exe),
+        nginx_build=nginx.probe(nginx_exe),
         python_executable=Path(sys.executable),
         jupyter_account=preflight.jupyter_account(config),
         hashed_password=hashed_password,

@@ -337,6 +337,8 @@ class NginxConfig:
     proxy_timeout_seconds: int = _key(_int_range(60, 7 * 86400), 86400)
     worker_shutdown_timeout_seconds: int = _key(_int_range(1, 7 * 86400), 86400)
     gzip: bool = _key(_bool, True)
+    brotli: bool = _key(_bool, True)
+    static_bundles: bool = _key(_bool, True)
     http2: bool = _key(_bool, True)
     login_rate_per_minute: int = _key(_int_range(0, 6000), 10)
     login_burst: int = _key(_int_range(0, 10000), 20)
@@ -376,6 +378,7 @@ class PathsConfig:
     state_dir: Path = _key(_path, Path("/var/lib/jrd"))
     runtime_dir: Path = _key(_path, Path("/run/jrd"))
     log_dir: Path = _key(_path, Path("/var/log/jrd"))
+    cache_dir: Path = _key(_path, Path("/var/cache/jrd"))
 
 
 @dataclass(frozen=True)
@@ -586,7 +589,8 @@ def dev_defaults(project_dir: Path, hostname: str | None = None, as_root: bool |
     return Config(
         jupyter=JupyterConfig(root_dir=project_dir / "notebooks", user=DEV_JUPYTER_USER if as_root else ""),
         tls=TlsConfig(names=names),
-        paths=PathsConfig(state_dir=home / "state", runtime_dir=home / "run", log_dir=home / "log"),
+        paths=PathsConfig(state_dir=home / "state", runtime_dir=home / "run", log_dir=home / "log",
+                          cache_dir=home / "cache"),
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 from jrd.errors import NginxConfigError, PreflightError
@@ -44,13 +45,40 @@ def test_config(nginx: Path, conf: Path, timeout: float = 30.0) -> None:
         raise NginxConfigError(f"nginx rejected the rendered config: {reason}")
 
 
-def version(nginx: Path) -> tuple[int, int, int]:
-    """The binary's version, from `nginx -v` ("nginx version: nginx/1.22.1")."""
+@dataclass(frozen=True)
+class NginxBuild:
+    """What `nginx -V` says of a binary: its version and what it was built with."""
+
+    version: tuple[int, int, int] = (1, 22, 1)
+    # The built-in optional modules, by configure flag name: "http_sub", "http_gzip_static", ...
+    modules: frozenset[str] = frozenset()
+    # Where `load_module` finds dynamic modules built for this binary (Debian: /usr/lib/nginx/modules).
+    modules_path: Path | None = None
+
+    def has(self, module: str) -> bool:
+        return module in self.modules
+
+    def dynamic_module(self, name: str) -> Path | None:
+        """A dynamic module built for this binary (`ngx_http_brotli_filter_module`), if it is installed."""
+        if self.modules_path is None:
+            return None
+        path = self.modules_path / f"{name}.so"
+        return path if path.is_file() else None
+
+
+def probe(nginx: Path) -> NginxBuild:
+    """The binary's version and build, from `nginx -V` (it prints to stderr)."""
     try:
-        proc = subprocess.run([str(nginx), "-v"], capture_output=True, text=True, timeout=10)
+        proc = subprocess.run([str(nginx), "-V"], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise PreflightError(f"{nginx} -v did not answer ({exc}); is [nginx] binary really nginx?") from None
-    return parse_version(proc.stderr)
+        raise PreflightError(f"{nginx} -V did not answer ({exc}); is [nginx] binary really nginx?") from None
+    return parse_build(proc.stderr)
+
+
+def parse_build(text: str) -> NginxBuild:
+    modules = frozenset(re.findall(r"--with-([a-z0-9_]+)_module\b", text))
+    path = re.search(r"--modules-path=(\S+)", text)
+    return NginxBuild(parse_version(text), modules, Path(path.group(1)) if path else None)
 
 
 def parse_version(text: str) -> tuple[int, int, int]:

@@ -18,7 +18,7 @@ from jrd.config import Config
 from jrd.render import RenderedFile
 
 # Files whose change nginx picks up on a graceful reload (HUP).
-NGINX_FILES = frozenset({"nginx.conf", "ca.pem", "ca.mobileconfig"})
+NGINX_FILES = frozenset({"nginx.conf", "ca.pem", "ca.mobileconfig", "restarting.html", "restarting.json", "heal.js"})
 JUPYTER_CONF = "jupyter_server_config.py"
 SUPERVISORD_CONF = "supervisord.conf"
 JUPYTER_PROGRAM = "program:jupyter"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pwd
@@ -34,6 +35,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "integration" in item.nodeid or item.get_closest_marker("integration"):
             item.add_marker(pytest.mark.integration)
+
+
+@functools.cache
+def shared_cache_dir() -> Path:
+    """One [paths] cache_dir for the whole run, with JupyterLab's bundles compressed once.
+
+    Every jrd would otherwise spend some 20 s of CPU on its own copy at its first start,
+    and reload nginx when it is done, in the middle of the test.  tests/test_static_bundles.py
+    starts from an empty cache_dir to see that happen.
+    """
+    from jrd.static_cache import build_copy, lab_static_dir
+
+    cache = Path(tempfile.gettempdir()) / "jrd-test-cache"
+    cache.mkdir(mode=0o755, exist_ok=True)
+    cache.chmod(0o755)
+    build_copy(lab_static_dir(), cache / "lab-static")
+    return cache
 
 
 def free_port() -> int:
@@ -152,7 +170,8 @@ class Jrd:
             "nginx": f'listen = ["127.0.0.1"]\nport = {self.port}\n',
             "tls": 'names = ["jrd.test"]\nip_addresses = ["127.0.0.2"]\n',
             "metrics": f'listen = "127.0.0.1:{self.metrics_port}"\n',
-            "paths": f'state_dir = "{self.base}/state"\nruntime_dir = "{self.base}/run"\nlog_dir = "{self.base}/log"\n',
+            "paths": f'state_dir = "{self.base}/state"\nruntime_dir = "{self.base}/run"\nlog_dir = "{self.base}/log"\n'
+            f'cache_dir = "{shared_cache_dir()}"\n',
         }
         for name, body in overrides.items():
             sections[name] = sections.get(name, "") + body

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from jrd.nginx import version
+from jrd.nginx import probe
 from conftest import REPO, Jrd, execute, open_kernel_ws, wait_for
 
 pytestmark = pytest.mark.integration
@@ -22,7 +22,7 @@ def current_nginx() -> Path:
     res = subprocess.run([str(REPO / "scripts" / "build-current-nginx")], capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, f"could not build a current nginx (scripts/build-current-nginx): {res.stderr[-2000:]}"
     path = Path(res.stdout.strip().splitlines()[-1])
-    assert version(path) >= (1, 25, 1), version(path)
+    assert probe(path).version >= (1, 25, 1), probe(path)
     return path
 
 

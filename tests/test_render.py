@@ -10,6 +10,7 @@ import pytest
 
 from jrd.config import parse_config
 from jrd.layout import Layout
+from jrd.nginx import NginxBuild
 from jrd.render import (
     Account, RenderInputs, fill, render_all, render_jupyter_config, render_nginx_conf, render_supervisord_conf,
 )
@@ -173,7 +174,7 @@ def test_current_nginx_gets_http2_on_instead_of_listen_http2() -> None:
     from jrd.nginx import parse_version
 
     assert parse_version("nginx version: nginx/1.27.3\n") == (1, 27, 3)
-    conf = render_nginx_conf(inputs(nginx_version=(1, 27, 3)))
+    conf = render_nginx_conf(inputs(nginx_build=NginxBuild(version=(1, 27, 3))))
     assert "listen 0.0.0.0:8888 ssl;" in conf
     assert "http2 on;" in conf
-    assert "http2 on;" not in render_nginx_conf(inputs(nginx_version=(1, 22, 1)))
+    assert "http2 on;" not in render_nginx_conf(inputs(nginx_build=NginxBuild(version=(1, 22, 1))))

@@ -103,7 +103,7 @@ def test_extra_args_cannot_override_what_jrd_sets_or_break_lines(arg: str) -> No
 
 
 @pytest.mark.parametrize("hostile", HOSTILE)
-@pytest.mark.parametrize("key", ["state_dir", "runtime_dir", "log_dir"])
+@pytest.mark.parametrize("key", ["state_dir", "runtime_dir", "log_dir", "cache_dir"])
 def test_paths_round_trip_or_are_refused(key: str, hostile: str) -> None:
     path = f"/srv/jrd{hostile}dir"
     inp = refused_or_rendered(f"[paths]\n{key} = {toml_str(path)}\n", "paths", key)
@@ -116,8 +116,12 @@ def test_paths_round_trip_or_are_refused(key: str, hostile: str) -> None:
     assert nginx_args(nginx, "ssl_certificate") == [[str(layout.leaf_cert)]]
     assert nginx_args(nginx, "ssl_certificate_key") == [[str(layout.leaf_key)]]
     assert nginx_args(nginx, "client_body_temp_path") == [[str(layout.nginx_temp_dir / "client_body")]]
-    assert [a for a in nginx_args(nginx, "alias")] == [[str(layout.nginx_public_dir / "ca.pem")],
-                                                      [str(layout.nginx_public_dir / "ca.mobileconfig")]]
+    public = layout.nginx_public_dir
+    assert [a for a in nginx_args(nginx, "alias")] == [[str(public / name)] for name in (
+        "ca.pem", "ca.mobileconfig", "restarting.html", "restarting.json")]
+    bundles = inp.config.paths.cache_dir / "lab-static" / "0123abcd"
+    with_bundles = render_nginx_conf(dataclasses.replace(inp, static_bundles=bundles))
+    assert nginx_args(with_bundles, "alias")[-1] == [f"{bundles}/"]
     assert nginx_args(nginx, "listen")[-1] == [f"unix:{layout.nginx_status_socket}"]
     assert "$" not in path, "nginx would expand a '$' in a path as a variable"
 

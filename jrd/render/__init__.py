@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from jrd.render.base import Account, RenderedFile, RenderInputs, fill
 from jrd.render.jupyter import jupyter_command, jupyter_environment, jupyter_root_dir, render_jupyter_config
-from jrd.render.nginx import nginx_command, nginx_str, render_nginx_conf
+from jrd.render.nginx import RESTARTING_JSON, heal_script, nginx_command, nginx_str, render_nginx_conf, restarting_page
 from jrd.render.supervisord import render_supervisord_conf, supervisor_command, supervisor_environment, sv_value
 
 __all__ = [
@@ -36,6 +36,11 @@ def render_all(inp: RenderInputs) -> dict[str, RenderedFile]:
             layout.jupyter_conf, render_jupyter_config(inp).encode(), 0o600, jupyter_owner
         ),
     }
+    # What nginx answers while Jupyter is down, and the script that carries an open tab through it.
+    public = layout.nginx_public_dir
+    files["restarting.html"] = RenderedFile(public / "restarting.html", restarting_page(inp), 0o644)
+    files["restarting.json"] = RenderedFile(public / "restarting.json", RESTARTING_JSON, 0o644)
+    files["heal.js"] = RenderedFile(public / "heal.js", heal_script(), 0o644)
     if inp.ca_pem is not None:
         files["ca.pem"] = RenderedFile(layout.nginx_public_dir / "ca.pem", inp.ca_pem, 0o644)
     if inp.ca_mobileconfig is not None:

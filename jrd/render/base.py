@@ -16,6 +16,7 @@ from pathlib import Path
 
 from jrd.config import Config
 from jrd.layout import Layout
+from jrd.nginx import NginxBuild
 
 
 @dataclass(frozen=True)
@@ -49,8 +50,10 @@ class RenderInputs:
     ca_mobileconfig: bytes | None = None
     # Already in supervisord's syntax (a literal % written %%): jrd.events builds it.
     event_listener_command: str | None = None
-    # (major, minor, patch) of the nginx binary: 1.25.1 replaced `listen ... http2` with `http2 on;`.
-    nginx_version: tuple[int, int, int] = (1, 22, 1)
+    # The nginx binary's version (1.25.1 replaced `listen ... http2` with `http2 on;`) and modules.
+    nginx_build: NginxBuild = NginxBuild()
+    # A complete compressed copy of JupyterLab's bundles (jrd.static_cache), for nginx to serve.
+    static_bundles: Path | None = None
 
 
 @dataclass(frozen=True)

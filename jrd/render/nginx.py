@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
+import json
 import re
+from pathlib import Path
 
 from jrd.render.base import RenderInputs, comment_text, fill, source_name, template
 
@@ -40,10 +43,51 @@ def _nginx_host(host: str) -> str:
     return f"[{addr}]" if addr.version == 6 else str(addr)
 
 
+# What nginx compresses (gzip and brotli) on the fly.
+COMPRESS_TYPES = ("text/css text/plain application/javascript text/javascript application/json "
+                  "application/manifest+json image/svg+xml image/x-icon")
+BROTLI_FILTER = "ngx_http_brotli_filter_module"
+BROTLI_STATIC = "ngx_http_brotli_static_module"
+# Seconds a client is asked to wait (Retry-After) while Jupyter is restarting.
+RETRY_AFTER = 2
+
+
+def brotli_modules(inp: RenderInputs) -> tuple[Path, ...]:
+    """The brotli modules built for this nginx, when [nginx] brotli is on and both are installed."""
+    if not inp.config.nginx.brotli:
+        return ()
+    found = tuple(inp.nginx_build.dynamic_module(name) for name in (BROTLI_FILTER, BROTLI_STATIC))
+    return tuple(p for p in found if p is not None) if all(found) else ()
+
+
+def heal_script() -> bytes:
+    return template("heal.js").encode()
+
+
+def restarting_page(inp: RenderInputs) -> bytes:
+    status_url = json.dumps(inp.config.jupyter.base_url + "api").replace("<", "\\u003c")
+    return fill(template("restarting.html"), retry_after=RETRY_AFTER, status_url=status_url).encode()
+
+
+RESTARTING_JSON = json.dumps({
+    "message": "Jupyter is restarting; try again in a few seconds",
+    "reason": "jrd: Jupyter is not answering (restarting or stopped)",
+}).encode()
+
+
 def render_nginx_conf(inp: RenderInputs) -> str:
     cfg, layout = inp.config, inp.layout
     ng = cfg.nginx
-    http2_directive = inp.nginx_version >= (1, 25, 1)
+    build = inp.nginx_build
+    modules = brotli_modules(inp)
+    heal = build.has("http_sub")
+    static = inp.static_bundles
+    precompressed = []
+    if modules:
+        precompressed.append("            brotli_static on;")
+    if build.has("http_gzip_static"):
+        precompressed.append("            gzip_static on;")
+    http2_directive = build.version >= (1, 25, 1)
     http2 = " http2" if ng.http2 and not http2_directive else ""
     http2_on = "\n        http2 on;" if ng.http2 and http2_directive else ""
     listen = "\n".join(f"        listen {addr}:{ng.port} ssl{http2};" for addr in ng.listen) + http2_on
@@ -69,6 +113,19 @@ def render_nginx_conf(inp: RenderInputs) -> str:
         cert_file=nginx_str(inp.cert_file),
         key_file=nginx_str(inp.key_file),
         gzip="on" if ng.gzip else "off",
+        load_modules="".join(f"load_module {nginx_str(m)};\n" for m in modules),
+        compress_types=COMPRESS_TYPES,
+        brotli=bool(modules),
+        retry_after=RETRY_AFTER,
+        restarting_html_file=nginx_str(public / "restarting.html"),
+        restarting_json_file=nginx_str(public / "restarting.json"),
+        heal=heal,
+        heal_js_file=nginx_str(public / "heal.js"),
+        heal_js_hash=hashlib.sha256(heal_script()).hexdigest()[:16],
+        static_bundles=static is not None,
+        static_url=nginx_str(f"{cfg.jupyter.base_url}static/lab/"),
+        static_bundles_dir=nginx_str(f"{static}/"),
+        static_precompressed="\n".join(precompressed),
         jupyter_port=cfg.jupyter.port,
         login_limit=login_limit,
         login_key=nginx_str(f"POST:{cfg.jupyter.base_url}login"),
