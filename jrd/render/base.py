@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -51,12 +51,15 @@ class RenderInputs:
     event_listener_command: str | None = None
     # (major, minor, patch) of the nginx binary: 1.25.1 replaced `listen ... http2` with `http2 on;`.
     nginx_version: tuple[int, int, int] = (1, 22, 1)
+    # The token in [gateway] auth_token_file, read at build time; "" when there is none.
+    gateway_token: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True)
 class RenderedFile:
     path: Path
-    content: bytes
+    # Out of repr: some hold secrets (the internal token, the gateway's token).
+    content: bytes = field(repr=False)
     mode: int = 0o644
     owner: tuple[int, int] | None = None
 
