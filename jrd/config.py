@@ -483,17 +483,18 @@ def read_token_file(path: Path) -> str:
         account = _account_name(os.geteuid())
         raise ValueError(f"cannot be read by jrd, which runs as {account} ({exc.strerror}); fix it with "
                          f"`chown {account} {path} && chmod 600 {path}`") from None
-    with os.fdopen(fd, "rb") as f:
+    try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise ValueError("is not a regular file; put the gateway's token in a file of its own")
         if st.st_mode & 0o077:
             raise ValueError(f"is open to other accounts (mode {stat.S_IMODE(st.st_mode):04o}), and it holds a "
                              f"secret; fix it with `chmod 600 {path}`")
-        try:
-            data = f.read(_MAX_TOKEN_FILE + 1)
-        except OSError as exc:
-            raise ValueError(f"cannot be read ({exc.strerror})") from None
+        data = os.read(fd, _MAX_TOKEN_FILE + 1)
+    except OSError as exc:
+        raise ValueError(f"cannot be read ({exc.strerror})") from None
+    finally:
+        os.close(fd)
     if len(data) > _MAX_TOKEN_FILE:
         raise ValueError("is larger than 64 KiB; it must hold only the gateway's token, on one line")
     token = data.decode("ascii", errors="replace").strip()
