@@ -8,6 +8,7 @@ from jrd.config import Config
 from jrd.control.server import ControlServer
 from jrd.daemon import Daemon
 from jrd.events import ProgramEvents
+from jrd.gateway import GatewayWatch
 from jrd.health import HealthMonitor
 from jrd.idle import IdleGuard
 from jrd.layout import Layout
@@ -28,8 +29,11 @@ def build_daemon(config: Config, loader: Callable[[], Config], interactive: bool
         idle,
         # nginx serves JupyterLab's bundles itself, compressed once ([nginx] static_bundles).
         StaticBundles(),
-        # Saved edits to the config, the password file or an external certificate reload by themselves.
+        # Saved edits to the config, the password file, an external certificate or the gateway
+        # token reload by themselves.
         ConfigWatcher(),
+        # Whether the gateway ([gateway]) answers: logged at start and after a change of it.
+        GatewayWatch(),
     ]
     return Daemon(config, config_loader=loader, announce=announce, show_password=interactive, extensions=extensions)
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from jrd import nginx, passwords, preflight
-from jrd.config import Config
+from jrd import gateway, nginx, passwords, preflight
+from jrd.config import Config, gateway_token
 from jrd.errors import ConfigError, JrdError, PreflightError
 from jrd.fsutil import atomic_write, ensure_dir
 from jrd.layout import Layout
@@ -70,6 +70,8 @@ def gather_inputs(config: Config, layout: Layout, tls: TlsFiles, hashed_password
         ca_pem=tls.ca_pem if config.tls.serve_ca else None,
         ca_mobileconfig=mobileconfig,
         event_listener_command=None,
+        # Read again at every build: a rotated token reaches Jupyter at the next reload.
+        gateway_token=gateway_token(str(config.source or "the config"), config.gateway),
     )
 
 
@@ -101,8 +103,8 @@ def check(config: Config) -> None:
     """What `jrd check` does: everything `jrd run` would start, built and tested aside; nothing real changes.
 
     nginx.conf through `nginx -t`, supervisord.conf through supervisord's own
-    parser, Jupyter's config through Python's compiler, and, when no jrd runs
-    on these directories, the ports.
+    parser, Jupyter's config through Python's compiler, a gateway ([gateway]) asked
+    whether it answers, and, when no jrd runs on these directories, the ports.
     """
     real = Layout.of(config)
     with tempfile.TemporaryDirectory(prefix="jrd-check-") as tmp:
@@ -118,6 +120,8 @@ def check(config: Config) -> None:
                       create_root_dir=False)
         check_supervisord_conf(built.files["supervisord.conf"].content, Path(tmp))
         check_jupyter_conf(built.files["jupyter_server_config.py"].content)
+    # The gateway answers: a config that would leave Jupyter unable to start any kernel is refused.
+    gateway.check_reachable(config)
     lock = preflight.InstanceLock(real.lock_file)
     try:
         lock.acquire()

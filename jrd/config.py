@@ -14,8 +14,10 @@ import os
 import pwd
 import re
 import socket
+import stat
 import tomllib
 import unicodedata
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -278,14 +280,31 @@ _OWN_JUPYTER_OPTIONS = frozenset({
 })
 
 
+# What [gateway] sets: on the command line they would win over it.
+_OWN_GATEWAY_OPTIONS = frozenset({
+    "gateway_url", "gatewayclient.url", "gatewayclient.auth_token", "gatewayclient.request_timeout",
+    "gatewayclient.launch_timeout_pad",
+})
+# With a gateway, these must stay the gateway's own, or kernels would run on this machine.
+_GATEWAY_MANAGER_OPTIONS = frozenset({
+    "kernel_manager_class", "kernel_spec_manager_class", "session_manager_class", "kernel_websocket_connection_class",
+})
+
+
+def _option_name(arg: str) -> str:
+    """'--ServerApp.port=1' -> 'serverapp.port'; '--gateway-url' -> 'gateway_url'; '' for a non-option."""
+    return arg.lstrip("-").split("=", 1)[0].replace("-", "_").lower() if arg.startswith("-") else ""
+
+
 def _jupyter_arg(value: Any) -> str:
     arg = _string(value)
-    if arg.startswith("-"):
-        name = arg.lstrip("-").split("=", 1)[0].rpartition(".")[2].replace("-", "_").lower()
-        if name in _OWN_JUPYTER_OPTIONS:
-            raise ValueError(
-                f"free of options that jrd sets itself ({arg!r}: set it through jrd's own keys, or not at all)"
-            )
+    name = _option_name(arg)
+    if name.rpartition(".")[2] in _OWN_JUPYTER_OPTIONS:
+        raise ValueError(
+            f"free of options that jrd sets itself ({arg!r}: set it through jrd's own keys, or not at all)"
+        )
+    if name in _OWN_GATEWAY_OPTIONS:
+        raise ValueError(f"free of the gateway options that jrd sets itself ({arg!r}: set it in [gateway])")
     return arg
 
 
@@ -297,6 +316,27 @@ def _base_url(value: Any) -> str:
     if not isinstance(value, str) or not _BASE_URL.match(value):
         raise ValueError("a URL path that starts and ends with '/', of letters, digits, '.', '_', '~' and '-'")
     return value
+
+
+def _gateway_url(value: Any) -> str:
+    """'' (off) or an http(s) URL of a gateway, without credentials, query or fragment; no trailing '/'."""
+    usage = "an http:// or https:// URL such as 'https://gateway.example.com:8888', or '' to run kernels here"
+    if not isinstance(value, str) or _has_control(value) or " " in value:
+        raise ValueError(usage)
+    if value == "":
+        return value
+    try:
+        parts = urllib.parse.urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError:
+        raise ValueError(usage) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(usage)
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("a URL without a user or password in it; put the token in auth_token_file")
+    if parts.query or parts.fragment or "?" in value or "#" in value:
+        raise ValueError(f"{usage}, without '?' or '#'")
+    return value.rstrip("/")
 
 
 def _program(value: Any) -> str:
@@ -413,6 +453,70 @@ class IdleConfig:
 
 
 @dataclass(frozen=True)
+class GatewayConfig:
+    """Kernels on a Jupyter (Enterprise) Gateway instead of this machine; off while `url` is empty."""
+
+    url: str = _key(_gateway_url, "")
+    auth_token_file: Path | None = _key(_optional_path, None)
+    # Unset: Jupyter's own defaults (42 and 40 s).  Set: both, the request the longer.
+    request_timeout_seconds: int | None = _key(_int_range(2, 7 * 86400), None)
+    kernel_launch_timeout_seconds: int | None = _key(_int_range(1, 7 * 86400), None)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.url)
+
+
+# A token goes into an HTTP header: visible ASCII only, so that it can neither
+# end the header nor smuggle another one in.
+_TOKEN = re.compile(r"^[\x21-\x7e]+\Z")
+_MAX_TOKEN_FILE = 64 * 1024
+
+
+def read_token_file(path: Path) -> str:
+    """The token in `path`, a file that only its owner may read.
+
+    Raises ValueError with a phrase that follows the file's name and says how to fix it.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise ValueError(f"does not exist; write the gateway's token into it and `chmod 600 {path}`") from None
+    except OSError as exc:
+        account = _account_name(os.geteuid())
+        raise ValueError(f"cannot be read by jrd, which runs as {account} ({exc.strerror}); fix it with "
+                         f"`chown {account} {path} && chmod 600 {path}`") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError("is not a regular file; put the gateway's token in a file of its own")
+        if st.st_mode & 0o077:
+            raise ValueError(f"is open to other accounts (mode {stat.S_IMODE(st.st_mode):04o}), and it holds a "
+                             f"secret; fix it with `chmod 600 {path}`")
+        data = os.read(fd, _MAX_TOKEN_FILE + 1)
+    except OSError as exc:
+        raise ValueError(f"cannot be read ({exc.strerror})") from None
+    finally:
+        os.close(fd)
+    if len(data) > _MAX_TOKEN_FILE:
+        raise ValueError("is larger than 64 KiB; it must hold only the gateway's token, on one line")
+    token = data.decode("ascii", errors="replace").strip()
+    if not token:
+        raise ValueError("is empty; write the gateway's token into it")
+    if not _TOKEN.match(token):
+        raise ValueError("must hold only the gateway's token, on one line, of visible ASCII characters "
+                         "(no blanks inside it)")
+    return token
+
+
+def _account_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole, validated config.  `source` is the file it came from."""
 
@@ -425,6 +529,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
     idle: IdleConfig = field(default_factory=IdleConfig)
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
     source: Path | None = None
 
     # --- derived values, so that every consumer agrees on them ----------
@@ -482,6 +587,7 @@ _SECTIONS: dict[str, type] = {
     "log": LogConfig,
     "control": ControlConfig,
     "idle": IdleConfig,
+    "gateway": GatewayConfig,
 }
 
 
@@ -560,6 +666,42 @@ def _check_whole(where: str, config: Config) -> None:
     base = config.jupyter.base_url
     if not (base.startswith("/") and base.endswith("/")):
         raise ConfigError(f"{where}: [jupyter] base_url = {base!r} is invalid: it must start and end with '/'")
+    _check_gateway(where, config.gateway)
+    if config.gateway.enabled:
+        for arg in config.jupyter.extra_args:
+            if _option_name(arg).rpartition(".")[2] in _GATEWAY_MANAGER_OPTIONS:
+                raise ConfigError(
+                    f"{where}: [jupyter] extra_args holds {arg!r}, which would take kernels off the gateway set in "
+                    "[gateway] url; remove it, or set url = \"\" to run kernels here"
+                )
+
+
+def _check_gateway(where: str, gw: GatewayConfig) -> None:
+    request, launch = gw.request_timeout_seconds, gw.kernel_launch_timeout_seconds
+    if (request is None) != (launch is None):
+        given = "request_timeout_seconds" if launch is None else "kernel_launch_timeout_seconds"
+        raise ConfigError(
+            f"{where}: [gateway] {given} is set alone: set request_timeout_seconds and "
+            "kernel_launch_timeout_seconds together (or neither, for Jupyter's defaults of 42 and 40 seconds)"
+        )
+    if request is not None and launch is not None and request <= launch:
+        raise ConfigError(
+            f"{where}: [gateway] request_timeout_seconds = {request} is invalid: it must be more than "
+            f"kernel_launch_timeout_seconds ({launch}), or Jupyter gives up on a kernel the gateway is still starting"
+        )
+    gateway_token(where, gw)
+
+
+def gateway_token(where: str, gw: GatewayConfig) -> str:
+    """The gateway's token, "" without one; read only when the gateway is on (`url = ""` keeps the rest)."""
+    if not gw.enabled or gw.auth_token_file is None:
+        return ""
+    try:
+        return read_token_file(gw.auth_token_file)
+    except ValueError as exc:
+        raise ConfigError(
+            f"{where}: [gateway] auth_token_file = '{gw.auth_token_file}' is unusable: the file {exc}"
+        ) from None
 
 
 def load_config(path: Path, base: Config | None = None) -> Config:

@@ -1,9 +1,9 @@
 """What an extension may touch, and the hooks it may implement.
 
 An extension (the control socket, the event listener, health probes,
-metrics, the file watcher) subclasses `Extension` and overrides the hooks
-it needs; each gets a `Context`, never the daemon itself.  Hooks run on the
-main loop, in this order:
+metrics, the file watcher, the gateway watch) subclasses `Extension` and
+overrides the hooks it needs; each gets a `Context`, never the daemon itself.
+Hooks run on the main loop, in this order:
 
     prepare(ctx)        once, before supervisord starts: bind sockets, open files
     contribute(inputs)  at every build, pure: add to what is rendered

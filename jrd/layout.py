@@ -128,5 +128,10 @@ class Layout:
     def jupyter_conf(self) -> Path:
         return self.jupyter_dir / "jupyter_server_config.py"
 
+    @property
+    def gateway_token(self) -> Path:
+        """The gateway's token as Jupyter reads it at start: a copy in the Jupyter account's 0700 dir."""
+        return self.jupyter_dir / "gateway-token"
+
     def log_file(self, program: str) -> Path:
         return self.log_dir / f"{program}.log"

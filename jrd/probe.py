@@ -32,12 +32,15 @@ def _context() -> ssl.SSLContext:
 
 
 def get(host: str, port: int, path: str, *, tls: bool, timeout: float, host_header: str | None = None,
-        token: str | None = None) -> ProbeResult:
-    """GET `path`; ok means a 2xx answer within `timeout`."""
+        token: str | None = None, context: ssl.SSLContext | None = None) -> ProbeResult:
+    """GET `path`; ok means a 2xx answer within `timeout`.
+
+    Over TLS the certificate is not verified unless a `context` that verifies it is given.
+    """
     start = time.monotonic()
     conn: http.client.HTTPConnection
     if tls:
-        conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=_context())
+        conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=context or _context())
     else:
         conn = http.client.HTTPConnection(host, port, timeout=timeout)
     headers = {"Host": host_header or f"localhost:{port}", "Connection": "close"}

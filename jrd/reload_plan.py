@@ -20,16 +20,23 @@ from jrd.render import RenderedFile
 # Files whose change nginx picks up on a graceful reload (HUP).
 NGINX_FILES = frozenset({"nginx.conf", "ca.pem", "ca.mobileconfig", "restarting.html", "restarting.json", "heal.js"})
 JUPYTER_CONF = "jupyter_server_config.py"
+# The gateway's token, which Jupyter reads at its start: a new one needs a Jupyter restart.
+GATEWAY_TOKEN = "gateway-token"
 SUPERVISORD_CONF = "supervisord.conf"
 JUPYTER_PROGRAM = "program:jupyter"
 
 
 @dataclass(frozen=True)
 class JupyterBaseline:
-    """What the running Jupyter was started with: its config file and its supervisord program section."""
+    """What the running Jupyter was started with: the files it read at its start and its supervisord program section."""
 
     conf: bytes
     program: tuple[tuple[str, str], ...]
+    gateway_token: bytes = field(default=b"", repr=False)
+
+    def reads_differ(self, other: "JupyterBaseline") -> bool:
+        """Whether a Jupyter started on `other` would read different files at its start."""
+        return (self.conf, self.gateway_token) != (other.conf, other.gateway_token)
 
 
 @dataclass
@@ -92,7 +99,8 @@ def supervisord_section(text: bytes, section: str) -> tuple[tuple[str, str], ...
 def jupyter_baseline(files: Mapping[str, RenderedFile]) -> JupyterBaseline:
     conf = files[JUPYTER_CONF].content if JUPYTER_CONF in files else b""
     program = supervisord_section(files[SUPERVISORD_CONF].content, JUPYTER_PROGRAM) if SUPERVISORD_CONF in files else ()
-    return JupyterBaseline(conf, program)
+    token = files[GATEWAY_TOKEN].content if GATEWAY_TOKEN in files else b""
+    return JupyterBaseline(conf, program, token)
 
 
 def plan_reload(
@@ -129,5 +137,5 @@ def plan_reload(
             plan.supervisord_update = True
     elif pending is not None and wanted.program != running.program:
         plan.jupyter_needs_update = True
-    plan.restart_jupyter = wanted.conf != running.conf or plan.jupyter_needs_update
+    plan.restart_jupyter = wanted.reads_differ(running) or plan.jupyter_needs_update
     return plan

@@ -161,12 +161,14 @@ def content_digest(path: Path) -> str | None:
 
 
 def watched_files(config: Config) -> list[Path]:
-    """The files whose change means a reload: the config, the password hash, an external certificate."""
+    """The files whose change means a reload: the config, the password hash, an external certificate,
+    the gateway's token."""
     files = []
     if config.source is not None:
         files.append(Path(os.path.abspath(config.source)))
     files.append(Layout.of(config).password_file)
-    for path in (config.tls.cert_file, config.tls.key_file):
+    gateway_token = config.gateway.auth_token_file if config.gateway.enabled else None
+    for path in (config.tls.cert_file, config.tls.key_file, gateway_token):
         if path is not None:
             files.append(Path(os.path.abspath(path)))
     return files

@@ -65,6 +65,21 @@ def test_example_config_is_valid_and_documents_every_key() -> None:
         ("[nginx]\nlisten = [1]\n", ["[nginx] listen", "in quotes"]),
         ("[tls]\nip_addresses = [167772161]\n", ["ip_addresses", "in quotes"]),
         ("[nginx]\nlisten = [\"[nope]\"]\n", ["[nginx] listen", "'[nope]'"]),
+        ("[gateway]\nurl = \"ftp://gw.example.com\"\n", ["[gateway] url", "'ftp://gw.example.com'", "https://"]),
+        ("[gateway]\nurl = \"gw.example.com:8888\"\n", ["[gateway] url", "https://"]),
+        ("[gateway]\nurl = \"https://me:pw@gw.example.com\"\n", ["[gateway] url", "auth_token_file"]),
+        ("[gateway]\nurl = \"https://gw.example.com/?token=x\"\n", ["[gateway] url", "'?'"]),
+        ("[gateway]\nrequest_timeout_seconds = 60\n", ["request_timeout_seconds", "kernel_launch_timeout_seconds",
+                                                        "together"]),
+        ("[gateway]\nkernel_launch_timeout_seconds = 60\n", ["kernel_launch_timeout_seconds", "together"]),
+        ("[gateway]\nrequest_timeout_seconds = 40\nkernel_launch_timeout_seconds = 40\n",
+         ["[gateway] request_timeout_seconds = 40", "more than kernel_launch_timeout_seconds (40)"]),
+        ("[gateway]\nkernel_launch_timeout_seconds = 0\nrequest_timeout_seconds = 5\n",
+         ["kernel_launch_timeout_seconds = 0"]),
+        ("[gateway]\nurl = \"http://gw:8888\"\n[jupyter]\nextra_args = [\"--ServerApp.kernel_manager_class=x\"]\n",
+         ["[jupyter] extra_args", "kernel_manager_class", "[gateway] url"]),
+        ("[jupyter]\nextra_args = [\"--GatewayClient.url=http://elsewhere\"]\n", ["[jupyter] extra_args", "[gateway]"]),
+        ("[jupyter]\nextra_args = [\"--gateway-url=http://elsewhere\"]\n", ["[jupyter] extra_args", "[gateway]"]),
     ],
 )
 def test_bad_values_name_file_key_and_value(tmp_path: Path, toml: str, must_mention: list[str]) -> None:
@@ -112,3 +127,94 @@ def test_cli_usage_error_exits_non_zero() -> None:
     res = subprocess.run([JRD, "frobnicate"], capture_output=True, text=True, timeout=60)
     assert res.returncode == 2
     assert "invalid choice" in res.stderr
+
+
+# --- [gateway] ------------------------------------------------------------------------------------
+
+
+def gateway_toml(token_file: Path, extra: str = "") -> str:
+    return f'[gateway]\nurl = "https://gw.example.com:8888/"\nauth_token_file = "{token_file}"\n{extra}'
+
+
+def token_file(tmp_path: Path, content: str = "s3cret-token\n", mode: int = 0o600) -> Path:
+    f = tmp_path / "gateway-token"
+    f.write_text(content)
+    f.chmod(mode)
+    return f
+
+
+def test_gateway_is_off_by_default_and_loads_when_set(tmp_path: Path) -> None:
+    assert not Config().gateway.enabled
+    f = token_file(tmp_path)
+    cfg = parse_config(gateway_toml(f, "request_timeout_seconds = 310\nkernel_launch_timeout_seconds = 300\n"))
+    gw = cfg.gateway
+    assert gw.enabled and gw.url == "https://gw.example.com:8888"  # the trailing '/' dropped
+    assert gw.auth_token_file == f
+    assert (gw.request_timeout_seconds, gw.kernel_launch_timeout_seconds) == (310, 300)
+    assert "s3cret" not in repr(cfg), "the config holds the token file's path, never the token"
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660])
+def test_gateway_token_file_open_to_others_is_refused_with_the_fix(tmp_path: Path, mode: int) -> None:
+    f = token_file(tmp_path, mode=mode)
+    with pytest.raises(ConfigError) as err:
+        load_config_text(tmp_path, gateway_toml(f))
+    msg = str(err.value)
+    assert f"[gateway] auth_token_file = '{f}'" in msg and f"mode {mode:04o}" in msg
+    assert f"`chmod 600 {f}`" in msg
+    assert "s3cret" not in msg
+    assert "\n" not in msg
+
+
+@pytest.mark.parametrize("content, must_mention", [
+    ("", "is empty"),
+    ("  \n", "is empty"),
+    ("two words\n", "one line"),
+    ("line1\nline2\n", "one line"),
+    ("tok\x00en", "one line"),
+])
+def test_gateway_token_file_content_must_be_one_token(tmp_path: Path, content: str, must_mention: str) -> None:
+    f = token_file(tmp_path, content)
+    with pytest.raises(ConfigError, match=must_mention) as err:
+        load_config_text(tmp_path, gateway_toml(f))
+    assert "line1" not in str(err.value) and "words" not in str(err.value)
+
+
+def test_gateway_token_file_missing_or_not_a_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nope"
+    with pytest.raises(ConfigError, match=r"does not exist.*chmod 600") as err:
+        load_config_text(tmp_path, gateway_toml(missing))
+    assert str(err.value).startswith(str(tmp_path / "jrd.toml"))
+    with pytest.raises(ConfigError, match="not a regular file"):
+        load_config_text(tmp_path, gateway_toml(tmp_path))
+
+
+def test_gateway_token_file_is_read_only_while_the_gateway_is_on(tmp_path: Path) -> None:
+    """`url = ""` switches the gateway off and keeps the rest of the section as it was."""
+    cfg = parse_config(f'[gateway]\nurl = ""\nauth_token_file = "{tmp_path / "nope"}"\n')
+    assert not cfg.gateway.enabled
+
+
+def test_gateway_token_file_unreadable_by_jrd(tmp_path: Path) -> None:
+    """jrd reads the file as its own account: root's 0600 file is out of another account's reach."""
+    import os
+    import sys
+
+    from conftest import ensure_test_user, venv_usable_by
+
+    if os.geteuid() != 0 or not venv_usable_by(ensure_test_user()):
+        pytest.skip("needs root, to read as another account")
+    f = token_file(tmp_path)
+    text = gateway_toml(f)
+    code = "import sys; from jrd.config import parse_config; parse_config(sys.argv[1], source=None)"
+    res = subprocess.run(["runuser", "-u", ensure_test_user(), "--", sys.executable, "-c", code, text],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode != 0
+    assert "cannot be read by jrd, which runs as jrdtest (Permission denied)" in res.stderr
+    assert f"`chown jrdtest {f} && chmod 600 {f}`" in res.stderr
+
+
+def load_config_text(tmp_path: Path, text: str) -> Config:
+    f = tmp_path / "jrd.toml"
+    f.write_text(text)
+    return load_config(f)

@@ -103,3 +103,30 @@ def test_a_pending_restart_compares_with_what_jupyter_runs() -> None:
     assert plan.reload_nginx
     assert plan.restart_jupyter and plan.jupyter_needs_update, "the deferred update is still owed"
     assert not plan.cancel_jupyter_restart
+
+
+def with_token(files_: dict[str, RenderedFile], token: bytes) -> dict[str, RenderedFile]:
+    return {**files_, "gateway-token": RenderedFile(Path("/r/jupyter/gateway-token"), token, 0o600)}
+
+
+def test_a_gateway_change_restarts_jupyter() -> None:
+    """[gateway] reaches Jupyter through its config file: a Jupyter restart, under its policy."""
+    old, new = cfg(), cfg('[gateway]\nurl = "http://127.0.0.1:8888"\n')
+    plan = plan_reload(old, new, files(), files(jupyter="c.GatewayClient.url = 'http://127.0.0.1:8888'"))
+    assert plan.restart_jupyter and not plan.reload_nginx and not plan.supervisord_update
+
+
+def test_a_new_gateway_token_restarts_jupyter_which_reads_it_at_start() -> None:
+    plan = plan_reload(cfg(), cfg(), with_token(files(), b"old"), with_token(files(), b"new"))
+    assert plan.changed == ["gateway-token"]
+    assert plan.restart_jupyter and not plan.reload_nginx
+    same = plan_reload(cfg(), cfg(), with_token(files(), b"old"), with_token(files(), b"old"))
+    assert not same.restart_jupyter
+
+
+def test_a_pending_restart_for_a_new_token_is_cancelled_when_the_token_goes_back() -> None:
+    running = with_token(files(), b"old")
+    pending = jupyter_baseline(running)
+    plan = plan_reload(cfg(), cfg(), with_token(files(), b"new"), running, pending=pending)
+    assert plan.cancel_jupyter_restart and not plan.restart_jupyter
+    assert b"old" not in repr(pending).encode(), "the token stays out of the baseline's repr"

@@ -178,3 +178,88 @@ def test_current_nginx_gets_http2_on_instead_of_listen_http2() -> None:
     assert "listen 0.0.0.0:8888 ssl;" in conf
     assert "http2 on;" in conf
     assert "http2 on;" not in render_nginx_conf(inputs(nginx_build=NginxBuild(version=(1, 22, 1))))
+
+
+# --- [gateway] ------------------------------------------------------------------------------------
+
+GATEWAY_SECRET = "gw-s3cret-0123456789abcdef"
+
+
+def gateway_inputs(tmp_path: Path, extra: str = "", token: str = GATEWAY_SECRET) -> RenderInputs:
+    f = tmp_path / "gateway-token"
+    f.write_text(token + "\n")
+    f.chmod(0o600)
+    return inputs(f'[gateway]\nurl = "https://gw.example.com:8888"\nauth_token_file = "{f}"\n{extra}',
+                  gateway_token=token)
+
+
+def test_gateway_off_renders_no_gateway_and_an_empty_token_copy() -> None:
+    files = render_all(inputs())
+    from render_parsers import jupyter_settings
+
+    settings = jupyter_settings(files["jupyter_server_config.py"].content.decode())
+    assert not any(key.startswith("GatewayClient.") for key in settings)
+    assert "ServerApp.kernel_manager_class" not in settings
+    assert files["gateway-token"].content == b""
+    assert files["gateway-token"].path == Path("/r/jupyter/gateway-token")
+
+
+def test_gateway_renders_url_managers_and_timeouts_but_never_the_token(tmp_path: Path) -> None:
+    from render_parsers import jupyter_settings, supervisord_environment, supervisord_parser
+
+    inp = gateway_inputs(tmp_path, "request_timeout_seconds = 310\nkernel_launch_timeout_seconds = 300\n")
+    files = render_all(inp)
+    for name, f in files.items():
+        if name != "gateway-token":
+            assert GATEWAY_SECRET.encode() not in f.content, f"the gateway token is in {name}"
+    # The token only in the copy that Jupyter reads: 0600, the Jupyter account's.
+    copy = files["gateway-token"]
+    assert (copy.content, copy.mode, copy.owner) == (GATEWAY_SECRET.encode(), 0o600, (1000, 1000))
+    assert GATEWAY_SECRET not in repr(inp) and GATEWAY_SECRET not in repr(files)
+    text = files["jupyter_server_config.py"].content.decode()
+    copy_path = tmp_path / "copy"
+    copy_path.write_bytes(copy.content)
+    settings = jupyter_settings(text.replace("'/r/jupyter/gateway-token'", repr(str(copy_path))))
+    assert settings["GatewayClient.url"] == "https://gw.example.com:8888"
+    assert settings["GatewayClient.auth_token"] == GATEWAY_SECRET  # read from the copy at Jupyter's start
+    assert settings["ServerApp.kernel_manager_class"].startswith("jupyter_server.gateway.")
+    assert settings["ServerApp.kernel_spec_manager_class"].startswith("jupyter_server.gateway.")
+    # request_timeout == KERNEL_LAUNCH_TIMEOUT + launch_timeout_pad: GatewayClient keeps both as set.
+    assert settings["GatewayClient.request_timeout"] == 310.0
+    assert settings["GatewayClient.launch_timeout_pad"] == 10.0
+    env = supervisord_environment(supervisord_parser(files["supervisord.conf"].content.decode()), "program:jupyter")
+    assert env["KERNEL_LAUNCH_TIMEOUT"] == "300"
+
+
+def test_gateway_timeouts_as_jupyter_applies_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Jupyter's own GatewayClient, fed the rendered settings, ends with exactly the configured timeouts."""
+    from jupyter_server.gateway.gateway_client import GatewayClient
+
+    from render_parsers import jupyter_settings
+
+    text = render_jupyter_config(inputs('[gateway]\nurl = "http://127.0.0.1:8888"\nrequest_timeout_seconds = 95\n'
+                                        "kernel_launch_timeout_seconds = 90\n"))
+    settings = jupyter_settings(text)
+    monkeypatch.setattr(GatewayClient, "KERNEL_LAUNCH_TIMEOUT", 90)  # from KERNEL_LAUNCH_TIMEOUT at import
+    monkeypatch.setenv("KERNEL_LAUNCH_TIMEOUT", "90")
+    client = GatewayClient(url=settings["GatewayClient.url"], request_timeout=settings["GatewayClient.request_timeout"],
+                           launch_timeout_pad=settings["GatewayClient.launch_timeout_pad"])
+    client.init_connection_args()
+    assert (client.request_timeout, GatewayClient.KERNEL_LAUNCH_TIMEOUT) == (95.0, 90)
+
+
+def test_gateway_without_token_file_reads_no_token(tmp_path: Path) -> None:
+    text = render_jupyter_config(inputs('[gateway]\nurl = "http://127.0.0.1:8888"\n'))
+    assert "auth_token" not in text and "gateway-token" not in text
+    assert "c.GatewayClient.url = 'http://127.0.0.1:8888'" in text
+
+
+def test_jupyter_refuses_to_start_without_the_token_copy(tmp_path: Path) -> None:
+    """The config exits (SystemExit, which Jupyter does not swallow) rather than run without the gateway."""
+    from render_parsers import jupyter_settings
+
+    text = render_jupyter_config(gateway_inputs(tmp_path))
+    text = text.replace("'/r/jupyter/gateway-token'", repr(str(tmp_path / "missing")))
+    with pytest.raises(SystemExit, match="cannot read the gateway token") as exc:
+        jupyter_settings(text)
+    assert GATEWAY_SECRET not in str(exc.value)

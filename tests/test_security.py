@@ -64,6 +64,7 @@ def jrd_sockets(j: Jrd) -> dict[str, tuple[Path, int]]:
 def test_secret_files_are_private(running_jrd: Jrd) -> None:
     files = [running_jrd.state / p for p in ("password", "internal-token", "tls/server-key.pem", "tls/ca-key.pem")]
     files += [running_jrd.run_dir / "jupyter" / "jupyter_server_config.py",
+              running_jrd.run_dir / "jupyter" / "gateway-token",  # empty without [gateway], but always private
               running_jrd.run_dir / "supervisor" / "supervisord.conf"]
     for path in files:
         mode = stat.S_IMODE(path.stat().st_mode)

@@ -129,6 +129,14 @@ def test_watched_files_follow_the_config(tmp_path: Path) -> None:
     cfg = parse_config(text + f'[tls]\ncert_file = "{tmp_path}/c.pem"\nkey_file = "{tmp_path}/k.pem"\n',
                        source=tmp_path / "jrd.toml")
     assert watched_files(cfg)[2:] == [tmp_path / "c.pem", tmp_path / "k.pem"]
+    token = tmp_path / "gateway-token"
+    token.write_text("t0ken\n")
+    token.chmod(0o600)
+    gateway = f'[gateway]\nauth_token_file = "{token}"\n'
+    # The token file only while the gateway is on: a new token is a reload (and a Jupyter restart).
+    assert token not in watched_files(parse_config(text + gateway, source=tmp_path / "jrd.toml"))
+    cfg = parse_config(text + gateway + 'url = "http://127.0.0.1:8888"\n', source=tmp_path / "jrd.toml")
+    assert watched_files(cfg)[2:] == [token]
 
 
 # --- the watcher on real files, with a fake daemon ---------------------------------------------

@@ -11,7 +11,9 @@ them in place.
 from __future__ import annotations
 
 from jrd.render.base import Account, RenderedFile, RenderInputs, fill
-from jrd.render.jupyter import jupyter_command, jupyter_environment, jupyter_root_dir, render_jupyter_config
+from jrd.render.jupyter import (
+    gateway_token_file_content, jupyter_command, jupyter_environment, jupyter_root_dir, render_jupyter_config,
+)
 from jrd.render.nginx import RESTARTING_JSON, heal_script, nginx_command, nginx_str, render_nginx_conf, restarting_page
 from jrd.render.supervisord import render_supervisord_conf, supervisor_command, supervisor_environment, sv_value
 
@@ -34,6 +36,12 @@ def render_all(inp: RenderInputs) -> dict[str, RenderedFile]:
         # Holds the password hash and the internal token: the Jupyter account only.
         "jupyter_server_config.py": RenderedFile(
             layout.jupyter_conf, render_jupyter_config(inp).encode(), 0o600, jupyter_owner
+        ),
+        # A secret, read by Jupyter at its start: the Jupyter account only.  Always written,
+        # empty when there is no gateway token, so that turning the gateway off also
+        # takes the token out of the Jupyter dir.
+        "gateway-token": RenderedFile(
+            layout.gateway_token, gateway_token_file_content(inp), 0o600, jupyter_owner
         ),
     }
     # What nginx answers while Jupyter is down, and the script that carries an open tab through it.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -54,12 +54,15 @@ class RenderInputs:
     nginx_build: NginxBuild = NginxBuild()
     # A complete compressed copy of JupyterLab's bundles (jrd.static_cache), for nginx to serve.
     static_bundles: Path | None = None
+    # The token in [gateway] auth_token_file, read at build time; "" when there is none.
+    gateway_token: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True)
 class RenderedFile:
     path: Path
-    content: bytes
+    # Out of repr: some hold secrets (the internal token, the gateway's token).
+    content: bytes = field(repr=False)
     mode: int = 0o644
     owner: tuple[int, int] | None = None
 

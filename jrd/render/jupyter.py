@@ -25,7 +25,7 @@ def jupyter_command(inp: RenderInputs) -> list[str]:
 def jupyter_environment(inp: RenderInputs) -> dict[str, str]:
     acct = inp.jupyter_account
     venv_bin = inp.python_executable.parent
-    return {
+    env = {
         "HOME": str(acct.home),
         "USER": acct.name,
         "LOGNAME": acct.name,
@@ -34,6 +34,17 @@ def jupyter_environment(inp: RenderInputs) -> dict[str, str]:
         "JUPYTER_RUNTIME_DIR": str(inp.layout.jupyter_dir / "runtime"),
         "PYTHONUNBUFFERED": "1",
     }
+    gw = inp.config.gateway
+    if gw.enabled and gw.kernel_launch_timeout_seconds is not None:
+        # GatewayClient reads it from the environment when it is imported, before any
+        # config file, and sends it with every kernel start (the gateway's launch timeout).
+        env["KERNEL_LAUNCH_TIMEOUT"] = str(gw.kernel_launch_timeout_seconds)
+    return env
+
+
+def gateway_token_file_content(inp: RenderInputs) -> bytes:
+    """What the Jupyter account's copy of the gateway token holds: the token, or nothing."""
+    return inp.gateway_token.encode("ascii") if inp.config.gateway.enabled else b""
 
 
 def _is_ip(host: str) -> bool:
@@ -46,8 +57,11 @@ def _is_ip(host: str) -> bool:
 
 def render_jupyter_config(inp: RenderInputs) -> str:
     cfg = inp.config
+    gw = cfg.gateway
     dns = tuple(h for h in cfg.accepted_hosts if not _is_ip(h))
     remote_ips = any(not ipaddress.ip_address(h).is_loopback for h in cfg.accepted_hosts if _is_ip(h))
+    request, launch = gw.request_timeout_seconds, gw.kernel_launch_timeout_seconds
+    timeouts = gw.enabled and request is not None and launch is not None
     return fill(
         template("jupyter_server_config.py.tmpl"),
         source=source_name(inp),
@@ -60,4 +74,13 @@ def render_jupyter_config(inp: RenderInputs) -> str:
         hashed_password=repr(inp.hashed_password),
         token=repr(inp.internal_token),
         allow_root=repr(cfg.jupyter.allow_root),
+        gateway=gw.enabled,
+        gateway_url=repr(gw.url),
+        gateway_timeouts=timeouts,
+        request_timeout=repr(float(request or 0)),
+        # Exactly the difference: then request_timeout = KERNEL_LAUNCH_TIMEOUT + pad, and
+        # GatewayClient raises neither to match the other.
+        launch_timeout_pad=repr(float((request or 0) - (launch or 0))),
+        gateway_token=gw.enabled and bool(inp.gateway_token),
+        gateway_token_file=repr(str(inp.layout.gateway_token)),
     )
