@@ -1,4 +1,4 @@
-"""A real browser logs in to jrd's HTTPS JupyterLab and runs a cell.
+"""A real browser, sized like an iPad, logs in to jrd's HTTPS JupyterLab, runs a cell, and lives through a restart.
 
 Debian's Chromium, driven by Playwright (never `playwright install`: the
 browser is the system's /usr/bin/chromium), trusts jrd's CA through an NSS
@@ -6,7 +6,9 @@ database in a temporary HOME, so certificate verification stays on: no
 --ignore-certificate-errors and no ignore_https_errors.  The page is loaded
 by a DNS name from the certificate (jrd.test, mapped to loopback inside the
 browser only), through the real login form, and a new notebook runs `1+1`
-over the kernel websocket through nginx.
+over the kernel websocket through nginx.  Then Jupyter restarts under the
+open tab (which heals without a reload), and a page opened while Jupyter is
+stopped shows jrd's restarting page and returns by itself.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -23,11 +26,17 @@ from typing import Any, Callable
 
 import pytest
 
-from conftest import PASSWORD, Jrd, wait_for
+from conftest import JRDCTL, PASSWORD, Jrd, descendants, wait_for
 
 pytestmark = pytest.mark.integration
 
-SCREENSHOT = Path("/tmp/jrd-browser-lab.png")
+# Screenshots kept after the run: the logged-in Lab, the restarting banner and page, and the last state.
+ARTIFACTS = Path(os.environ.get("JRD_TEST_ARTIFACTS") or Path(tempfile.gettempdir()) / "jrd-test-artifacts")
+SCREENSHOT = ARTIFACTS / "browser-lab-last.png"
+# An iPad Air's viewport, in CSS pixels.
+IPAD = {"width": 820, "height": 1180}
+FIRST_LOAD_LIMIT = 2_500_000
+REPEAT_LOAD_LIMIT = 400_000
 HOST = "jrd.test"  # in the test config's [tls] names
 NOTEBOOK = "browser-check"
 CHROMIUM_FLAGS = [
@@ -37,8 +46,8 @@ CHROMIUM_FLAGS = [
 ]
 # Generous per-step deadlines for a loaded 2-core machine; each wait returns as soon as it is met.
 PAGE_TIMEOUT_MS = 45_000
-# JupyterLab asks whether "Untitled.ipynb" exists before it creates a new notebook; that 404 is expected.
-EXPECTED_HTTP_ERRORS = re.compile(r"^404 GET https://[^/]+/api/contents/Untitled\d*\.ipynb\?")
+# JupyterLab asks whether "Untitled.ipynb" (and, when saving, the new name) exists first; that 404 is expected.
+EXPECTED_HTTP_ERRORS = re.compile(rf"^404 GET https://[^/]+/api/contents/(Untitled\d*|{NOTEBOOK})\.ipynb\?")
 
 
 def tool(name: str) -> str:
@@ -116,8 +125,27 @@ def saved_outputs(notebook: Path) -> list[str]:
     return ["".join(out.get("data", {}).get("text/plain", "")) for cell in cells for out in cell.get("outputs", [])]
 
 
-def test_browser_logs_in_and_runs_a_cell(lab_jrd: Jrd, tmp_path: Path) -> None:
+@dataclass
+class Traffic:
+    """Bytes over the wire and requests, as Chromium's network layer counts them (compressed sizes)."""
+
+    cdp: Any
+    sizes: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.cdp.send("Network.enable")
+        self.cdp.on("Network.loadingFinished", lambda e: self.sizes.__setitem__(e["requestId"], e["encodedDataLength"]))
+
+    def measure(self, step: Callable[[], object]) -> tuple[int, int]:
+        self.sizes.clear()
+        step()
+        return sum(self.sizes.values()), len(self.sizes)
+
+
+def test_a_tablet_logs_in_runs_a_cell_and_keeps_working_through_a_restart(lab_jrd: Jrd, tmp_path: Path) -> None:
+    """The whole tablet story in one browser: login, loads, a saved cell, a restart that heals, the restarting page."""
     chromium = tool("chromium")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as pw:
         from playwright.sync_api import expect
 
@@ -130,11 +158,23 @@ def test_browser_logs_in_and_runs_a_cell(lab_jrd: Jrd, tmp_path: Path) -> None:
         browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS, headless=True,
                                      env={**os.environ, "HOME": str(home)})
         try:
-            page = browser.new_context(viewport={"width": 1280, "height": 800}, ignore_https_errors=False).new_page()
+            context = browser.new_context(viewport=IPAD, is_mobile=True, has_touch=True, ignore_https_errors=False)
+            page = context.new_page()
             page.set_default_timeout(PAGE_TIMEOUT_MS)
             log.attach(page)
+            traffic = Traffic(context.new_cdp_session(page))
             try:
-                drive_the_lab(page, expect, base, timings)
+                first = traffic.measure(lambda: log_in(page, expect, base, timings))
+                repeat = traffic.measure(lambda: reload_lab(page, expect))
+                print(f"\nfirst load (login page, login, /lab): {first[0]} bytes in {first[1]} requests; "
+                      f"repeat load of /lab: {repeat[0]} bytes in {repeat[1]} requests")
+                # Regression guards, far above today's figures (about 1.15 MB and 0.05 MB; see
+                # docs/benchmarks.md): a lost brotli, static copy or cache header shows here.
+                assert first[0] < FIRST_LOAD_LIMIT, first
+                assert repeat[0] < REPEAT_LOAD_LIMIT, repeat
+                page.screenshot(path=str(ARTIFACTS / "lab-logged-in.png"))
+
+                open_notebook_and_run(page, expect, timings)
                 # Save through the browser (the first save asks for a name), and the kernel's answer is in
                 # the file on the server.
                 page.keyboard.press("Control+s")
@@ -142,6 +182,10 @@ def test_browser_logs_in_and_runs_a_cell(lab_jrd: Jrd, tmp_path: Path) -> None:
                 page.get_by_role("button", name="Rename and Save").click()
                 saved = lab_jrd.notebooks / f"{NOTEBOOK}.ipynb"
                 wait_for(lambda: saved_outputs(saved) == ["2"], 30, f"{saved} with its output")
+                page.screenshot(path=str(ARTIFACTS / "lab-notebook.png"))
+
+                heals_through_a_restart(lab_jrd, page, expect, saved)
+                restarting_page_returns_by_itself(lab_jrd, context, expect, base)
             finally:
                 page.screenshot(path=str(SCREENSHOT))  # also on failure: it shows where the lab got stuck
         finally:
@@ -153,17 +197,81 @@ def test_browser_logs_in_and_runs_a_cell(lab_jrd: Jrd, tmp_path: Path) -> None:
     assert "ERR_CERT" not in everything, everything
     assert any("/api/kernels/" in url and url.startswith(f"wss://{HOST}:") for url in log.websockets), everything
     assert log.websocket_frames > 0, everything
-    assert not log.websocket_errors, everything
     assert not log.page_errors, everything
-    cross_origin_or_ws = [line for line in log.console + log.failed_requests + log.http_errors
-                          if re.search(r"websocket|cors|origin|upgrade", line, re.IGNORECASE)]
-    assert not cross_origin_or_ws, everything
-    assert not [line for line in log.http_errors if not EXPECTED_HTTP_ERRORS.match(line)], everything
-    assert not log.failed_requests, everything
+    # While Jupyter was down, nginx answered 503 (never a bare 502), which JupyterLab retries.
+    assert not [line for line in log.http_errors if line.startswith("502 ")], everything
+    # heal.js asks for the old sessions, which the restarted Jupyter no longer knows (404).
+    moot = ("503 ", f"404 GET {base}/api/sessions/")
+    unexpected = [line for line in log.http_errors
+                  if not EXPECTED_HTTP_ERRORS.match(line) and not line.startswith(moot)]
+    assert not unexpected, everything
 
 
-def drive_the_lab(page: Any, expect: Any, base: str, timings: dict[str, float]) -> None:
-    """Log in through the form, open a new Python 3 notebook from the launcher and run `1+1` in it."""
+def heals_through_a_restart(j: Jrd, page: Any, expect: Any, saved: Path) -> None:
+    """`jrdctl restart jupyter` under an open notebook: a banner, then a new kernel, and a cell runs: no reload."""
+    page.evaluate("window.jrdTestMarker = 'same page'")
+    old_jupyter = j.supervisor_pid("jupyter")
+    banner = page.locator("#jrd-heal-banner")
+    restart = subprocess.Popen([JRDCTL, "--config", str(j.config_path), "restart", "jupyter"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        expect(banner).to_have_attribute("data-state", "down")
+        expect(banner).to_contain_text("Jupyter is restarting")
+        page.screenshot(path=str(ARTIFACTS / "lab-restarting-banner.png"))
+    finally:
+        out, _ = restart.communicate(timeout=120)
+    assert restart.returncode == 0, out
+    new_jupyter = j.supervisor_pid("jupyter")
+    assert new_jupyter not in (0, old_jupyter), (old_jupyter, new_jupyter)
+    expect(banner).to_have_attribute("data-state", "up")
+    expect(banner).to_contain_text("Jupyter is back")
+    assert page.evaluate("window.jrdTestMarker") == "same page", "the page was reloaded"
+    assert page.evaluate("window.jrdHeal.history") == ["down", "up"]
+    # The notebook is still open, with its saved content, on a new kernel that runs a new cell.
+    notebook = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)")
+    expect(notebook.locator(".jp-Cell .cm-content").first).to_have_text("1+1")
+    expect(page.get_by_role("contentinfo").get_by_role("button", name=re.compile(r" \| Idle$"))).to_be_visible()
+    editor = notebook.locator(".jp-Cell .cm-content").last
+    editor.click()
+    page.keyboard.type("import os; os.getpid()")
+    page.keyboard.press("Shift+Enter")
+    output = notebook.locator(".jp-OutputArea-output").last
+    expect(output).to_have_text(re.compile(r"^\d+$"))
+    kernel = int(output.inner_text())
+    assert kernel in descendants(new_jupyter), f"kernel {kernel} is not a child of the new Jupyter {new_jupyter}"
+    assert saved_outputs(saved) == ["2"], "the saved notebook changed"
+
+
+def restarting_page_returns_by_itself(j: Jrd, context: Any, expect: Any, base: str) -> None:
+    """Jupyter stopped: a page opened now says so (503, Retry-After), then becomes JupyterLab by itself."""
+    res = j.jrdctl("stop", "jupyter")
+    assert res.returncode == 0, res.stdout + res.stderr
+    page = context.new_page()
+    try:
+        response = page.goto(f"{base}/lab/tree/{NOTEBOOK}.ipynb")
+        assert response is not None and response.status == 503, response and response.status
+        assert response.headers.get("retry-after") == "2", response.headers
+        expect(page.locator("h1")).to_have_text("Jupyter is restarting…")
+        page.screenshot(path=str(ARTIFACTS / "restarting-page.png"))
+        # JupyterLab's own requests get JSON it understands, with the same status and Retry-After.
+        api = page.evaluate("""async () => {
+            const r = await fetch('/api/contents', {headers: {Accept: 'application/json'}});
+            return {status: r.status, retry: r.headers.get('Retry-After'), body: await r.json()};
+        }""")
+        assert api["status"] == 503 and api["retry"] == "2" and "restarting" in api["body"]["message"], api
+        res = j.jrdctl("start", "jupyter")
+        assert res.returncode == 0, res.stdout + res.stderr
+        # The page polls, then reloads the same address: the person is back where they were.
+        expect(page.locator(".jp-NotebookPanel")).to_be_visible()
+        # (JupyterLab gives a second tab on the same workspace a workspace of its own.)
+        assert re.fullmatch(rf"{re.escape(base)}/lab(/workspaces/[\w-]+)?/tree/{NOTEBOOK}\.ipynb", page.url), page.url
+        expect(page.get_by_role("tab", name=re.compile(rf"{NOTEBOOK}\.ipynb"))).to_be_visible()
+    finally:
+        page.close()
+
+
+def log_in(page: Any, expect: Any, base: str, timings: dict[str, float]) -> None:
+    """An anonymous visit to /lab, the login form, and JupyterLab's launcher."""
     # An anonymous visit to /lab lands on the login form, over a certificate the browser verified.
     response = page.goto(f"{base}/lab")
     assert response is not None and response.ok, response
@@ -175,15 +283,31 @@ def drive_the_lab(page: Any, expect: Any, base: str, timings: dict[str, float]) 
     # The real form: type the password and submit it, as a person would.
     page.locator("input[type=password]").fill(PASSWORD)
     page.locator("input[type=password]").press("Enter")
-    launcher_notebook = page.locator(".jp-LauncherCard[data-category='Notebook']").first
 
     def lab_interactive() -> None:
         page.wait_for_url(f"{base}/lab", wait_until="commit")
-        expect(launcher_notebook).to_be_visible()
+        expect(launcher_card(page)).to_be_visible()
 
     timed("login submitted -> launcher visible", timings, lab_interactive)
 
-    launcher_notebook.click()
+
+def reload_lab(page: Any, expect: Any) -> None:
+    page.reload()
+    expect(launcher_card(page)).to_be_visible()
+
+
+def launcher_card(page: Any) -> Any:
+    return page.locator(".jp-LauncherCard[data-category='Notebook']").first
+
+
+def drive_the_lab(page: Any, expect: Any, base: str, timings: dict[str, float]) -> None:
+    """Log in through the form, open a new Python 3 notebook from the launcher and run `1+1` in it."""
+    log_in(page, expect, base, timings)
+    open_notebook_and_run(page, expect, timings)
+
+
+def open_notebook_and_run(page: Any, expect: Any, timings: dict[str, float]) -> None:
+    launcher_card(page).click()
     notebook = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)")
     editor = notebook.locator(".jp-Cell .cm-content").first
 
