@@ -151,14 +151,27 @@ def nginx_worker_user() -> str:
 def writable_by(path: Path, account: Account) -> bool:
     """Whether `account` may create files in the directory `path`, by its owner, group and mode bits."""
     try:
-        st = os.stat(path)
+        return _allowed(os.stat(path), account, 0o3)
     except OSError:
         return False
+
+
+def readable_dir_by(path: Path, account: Account) -> bool:
+    """Whether `account` may reach the directory `path` and list and read what is in it."""
+    try:
+        parents = [os.stat(p) for p in reversed(path.parents)]
+        own = os.stat(path)
+    except OSError:
+        return False
+    return all(_allowed(st, account, 0o1) for st in parents) and _allowed(own, account, 0o5)
+
+
+def _allowed(st: os.stat_result, account: Account, bits: int) -> bool:
+    """Whether the mode bits `bits` (4 read, 2 write, 1 search) of a file are `account`'s, as the kernel decides."""
     if account.uid == 0:
         return True
-    groups = {account.gid, *os.getgrouplist(account.name, account.gid)}
     if st.st_uid == account.uid:
-        return st.st_mode & 0o300 == 0o300
-    if st.st_gid in groups:
-        return st.st_mode & 0o030 == 0o030
-    return st.st_mode & 0o003 == 0o003
+        return (st.st_mode >> 6) & bits == bits
+    if st.st_gid in {account.gid, *os.getgrouplist(account.name, account.gid)}:
+        return (st.st_mode >> 3) & bits == bits
+    return st.st_mode & bits == bits

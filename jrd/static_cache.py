@@ -20,6 +20,7 @@ import gzip
 import hashlib
 import logging
 import os
+import pwd
 import shutil
 import subprocess
 import sys
@@ -27,8 +28,9 @@ import zlib
 from dataclasses import replace
 from pathlib import Path
 
+from jrd import preflight
 from jrd.extension import Context, Extension
-from jrd.render import RenderInputs
+from jrd.render import Account, RenderInputs
 
 log = logging.getLogger("jrd")
 
@@ -121,6 +123,15 @@ def _prune(cache_root: Path, keep: str) -> None:
             shutil.rmtree(entry, ignore_errors=True)
 
 
+def nginx_worker(inputs: RenderInputs) -> Account:
+    """The account nginx's workers run as: the configured worker user under root, else jrd's own."""
+    if inputs.running_as_root:
+        pw = pwd.getpwnam(inputs.nginx_worker_user)
+    else:
+        pw = pwd.getpwuid(os.geteuid())
+    return Account(pw.pw_name, pw.pw_uid, pw.pw_gid, Path(pw.pw_dir))
+
+
 class StaticBundles(Extension):
     """Offers nginx the compressed copy when it exists; builds it in the background when it does not."""
 
@@ -128,6 +139,7 @@ class StaticBundles(Extension):
         self.static_dir = static_dir or lab_static_dir()
         self._ctx: Context | None = None
         self._builder: subprocess.Popen[bytes] | None = None
+        self._unreadable: Path | None = None
 
     def cache_root(self, inputs: RenderInputs) -> Path:
         return inputs.config.paths.cache_dir / "lab-static"
@@ -136,7 +148,16 @@ class StaticBundles(Extension):
         if not inputs.config.nginx.static_bundles:
             return inputs
         copy = ready_copy(self.cache_root(inputs), self.static_dir)
-        return replace(inputs, static_bundles=copy) if copy is not None else inputs
+        if copy is None:
+            return inputs
+        if not preflight.readable_dir_by(copy, nginx_worker(inputs)):
+            if copy != self._unreadable:
+                self._unreadable = copy
+                log.warning("nginx's workers (%s) cannot read %s, so Jupyter keeps serving JupyterLab's bundles; "
+                            "set [paths] cache_dir to a directory outside any private home, such as /var/cache/jrd",
+                            inputs.nginx_worker_user, copy)
+            return inputs
+        return replace(inputs, static_bundles=copy)
 
     def start(self, ctx: Context) -> None:
         self._ctx = ctx

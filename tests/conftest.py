@@ -170,11 +170,12 @@ class Jrd:
             "nginx": f'listen = ["127.0.0.1"]\nport = {self.port}\n',
             "tls": 'names = ["jrd.test"]\nip_addresses = ["127.0.0.2"]\n',
             "metrics": f'listen = "127.0.0.1:{self.metrics_port}"\n',
-            "paths": f'state_dir = "{self.base}/state"\nruntime_dir = "{self.base}/run"\nlog_dir = "{self.base}/log"\n'
-            f'cache_dir = "{shared_cache_dir()}"\n',
+            "paths": f'state_dir = "{self.base}/state"\nruntime_dir = "{self.base}/run"\nlog_dir = "{self.base}/log"\n',
         }
         for name, body in overrides.items():
             sections[name] = sections.get(name, "") + body
+        if "cache_dir" not in sections["paths"] + extra:
+            sections["paths"] += f'cache_dir = "{shared_cache_dir()}"\n'
         text = "".join(f"[{name}]\n{body}\n" for name, body in sections.items())
         return text + textwrap.dedent(extra)
 
