@@ -240,8 +240,9 @@ NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
 @pytest.mark.skipif(not Path(NGINX).exists(), reason="LOUD SKIP: nginx is not installed (scripts/install-system-deps)")
 @pytest.mark.parametrize("hostile", ["a b", "a'b", "a;b", "a{b}", "a%b", "%(here)s", "a#b"])
-def test_nginx_accepts_configs_with_hostile_paths(tmp_path: Path, hostile: str) -> None:
-    base = tmp_path / f"jrd{hostile}x"
+def test_nginx_accepts_configs_with_hostile_paths(tmp_base: Path, hostile: str) -> None:
+    # A short base: the status socket's path must stay within the 108 bytes of a unix socket address.
+    base = tmp_base / f"jrd{hostile}x"
     cert, key = make_cert(base / "tls")
     toml = f"[paths]\nruntime_dir = {toml_str(str(base / 'run'))}\nstate_dir = {toml_str(str(base / 'state'))}\n"
     inp = inputs_for(toml, cert_file=cert, key_file=key)
