@@ -173,7 +173,7 @@ def suggest(hostname: str, addresses: list[str], public_ip: str | None) -> tuple
 
 # --- the config file, written back --------------------------------------------------------------
 
-_KEY_LINE = re.compile(r"^# ([a-z_]+) = ")
+_KEY_LINE = re.compile(r"^# ([a-z_][a-z0-9_]*) = ")
 
 
 def key_descriptions(example: str) -> dict[tuple[str, str], list[str]]:
