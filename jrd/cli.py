@@ -95,6 +95,8 @@ def cmd_init(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     from jrd import doctor
 
+    # What the build logs on its way (an unwritable notebook dir) is a finding of its own here.
+    logging.getLogger("jrd").addHandler(logging.NullHandler())
     findings = doctor.diagnose(lambda: resolve_config(args))
     if args.json:
         print(json.dumps(doctor.as_json(findings), indent=2))
