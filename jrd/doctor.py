@@ -16,7 +16,7 @@ import pwd
 import socket
 import ssl
 import stat
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -63,8 +63,6 @@ class Machine:
     run: firewall.Run = firewall.run_tool
     # The PID of the jrd that runs on this config's runtime dir (0: unknown), None when none does.
     jrd_pid: int | None = None
-    distro_nginx_pid_file: Path = DISTRO_NGINX_PID_FILE
-    served_der: Callable[["Machine"], bytes] = field(default=lambda m: _served_der(m))
 
     @property
     def running(self) -> bool:
@@ -198,7 +196,7 @@ def _distro_nginx(m: Machine) -> tuple[bool | None, int | None]:
         props = dict(line.split("=", 1) for line in out[1].splitlines() if "=" in line)
         pid = int(props.get("MainPID", "0") or 0)
         return props.get("ActiveState") == "active", pid or None
-    pid = leftovers.read_pid(m.distro_nginx_pid_file)
+    pid = leftovers.read_pid(DISTRO_NGINX_PID_FILE)
     if pid is not None and leftovers.alive(pid):
         return True, pid
     return None, None
@@ -356,7 +354,7 @@ def check_served(m: Machine) -> list[Finding]:
     except JrdError:
         return []  # already a problem of the certificate check
     try:
-        served = m.served_der(m)
+        served = _served_der(m)
     except (OSError, ssl.SSLError) as exc:
         return [Finding("served certificate", PROBLEM, f"no TLS answer on {m.config.local_probe_host}:"
                         f"{m.config.nginx.port} ({exc})", "see `jrdctl status`; `jrdctl restart nginx`")]
@@ -549,16 +547,15 @@ CHECKS: tuple[Callable[[Machine], list[Finding]], ...] = (
 # --- running them -------------------------------------------------------------------------------
 
 
-def diagnose(load: Callable[[], Config], now: dt.datetime | None = None,
-             machine: Callable[[Config], Machine] | None = None) -> list[Finding]:
+def diagnose(load: Callable[[], Config], *, now: dt.datetime | None = None,
+             run: firewall.Run = firewall.run_tool) -> list[Finding]:
     """Every check's findings, the config's first: a config that does not load stops the rest."""
     try:
         config = load()
     except ConfigError as exc:
         return [Finding("config", PROBLEM, str(exc), "fix the file; `jrd check --config FILE` tests it")]
     layout = Layout.of(config)
-    m = machine(config) if machine else Machine(config, layout, now or certs.utcnow(),
-                                                jrd_pid=preflight.InstanceLock.holder(layout.lock_file))
+    m = Machine(config, layout, now or certs.utcnow(), run, preflight.InstanceLock.holder(layout.lock_file))
     findings = [Finding("config", OK, f"{config.source or 'the built-in defaults'} is valid")]
     for check in CHECKS:
         try:
