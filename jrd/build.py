@@ -106,6 +106,29 @@ def check(config: Config) -> None:
     parser, Jupyter's config through Python's compiler, a gateway ([gateway]) asked
     whether it answers, and, when no jrd runs on these directories, the ports.
     """
+    check_rendered(config)
+    # The gateway answers: a config that would leave Jupyter unable to start any kernel is refused.
+    gateway.check_reachable(config)
+    lock = preflight.InstanceLock(Layout.of(config).lock_file)
+    try:
+        lock.acquire()
+    except PreflightError:
+        return  # jrd runs on these directories: the ports are its own
+    except OSError:
+        pass  # no runtime dir yet: no jrd has run here
+    try:
+        preflight.check_ports(config)
+    finally:
+        lock.release()
+
+
+def check_rendered(config: Config) -> None:
+    """Render everything for `config` into a temporary directory and test it as its programs would.
+
+    nginx.conf through `nginx -t`, supervisord.conf through supervisord's own parser, and
+    Jupyter's config through Python's compiler; the state dir's certificate is used if it is
+    current, else a throwaway one.  Nothing real changes.
+    """
     real = Layout.of(config)
     with tempfile.TemporaryDirectory(prefix="jrd-check-") as tmp:
         layout = Layout(Path(tmp) / "state", Path(tmp) / "run", Path(tmp) / "log")
@@ -120,19 +143,6 @@ def check(config: Config) -> None:
                       create_root_dir=False)
         check_supervisord_conf(built.files["supervisord.conf"].content, Path(tmp))
         check_jupyter_conf(built.files["jupyter_server_config.py"].content)
-    # The gateway answers: a config that would leave Jupyter unable to start any kernel is refused.
-    gateway.check_reachable(config)
-    lock = preflight.InstanceLock(real.lock_file)
-    try:
-        lock.acquire()
-    except PreflightError:
-        return  # jrd runs on these directories: the ports are its own
-    except OSError:
-        pass  # no runtime dir yet: no jrd has run here
-    try:
-        preflight.check_ports(config)
-    finally:
-        lock.release()
 
 
 def check_supervisord_conf(content: bytes, into: Path) -> None:

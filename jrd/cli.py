@@ -7,6 +7,7 @@ code.  Expected failures (`JrdError`) print one line without a traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -18,7 +19,6 @@ from jrd.config import DEFAULT_CONFIG_PATH, Config
 from jrd.errors import JrdError, UsageError
 from jrd.layout import Layout
 from jrd.tls import certs, profiles
-from jrd.tls.bootstrap import ensure_tls
 
 log = logging.getLogger("jrd")
 
@@ -78,16 +78,32 @@ def cmd_passwd(args: argparse.Namespace) -> int:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    config = resolve_config(args)
-    layout = Layout.of(config)
-    _, reason = ensure_tls(config, layout, certs.utcnow())
-    if config.external_tls:
-        print(f"Using the external certificate {config.tls.cert_file}; no local CA is needed.")
-        return 0
-    ca = certs.load_cert(layout.ca_cert)
-    print(f"Local CA: {layout.ca_cert} (SHA-256 {certs.fingerprint(ca)})")
-    print(f"Certificate: {layout.leaf_cert}" + (f" (issued: {reason})" if reason else " (current)"))
-    return 0
+    from jrd import init
+
+    if args.dev:
+        raise UsageError("jrd init sets up a system install; `make run` (jrd run --dev) needs no setup")
+    opts = init.Options(
+        config_path=args.config or DEFAULT_CONFIG_PATH,
+        names=tuple(args.name) if args.name is not None else None,
+        ips=tuple(args.ip) if args.ip is not None else None,
+        user=args.user, root_dir=args.root_dir, port=args.port, state_dir=args.state_dir,
+        password_stdin=args.password_stdin, yes=args.yes, force=args.force, new_ca=args.new_ca,
+    )
+    return init.run_init(opts)
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from jrd import doctor
+
+    # What the build logs on its way (an unwritable notebook dir) is a finding of its own here.
+    logging.getLogger("jrd").addHandler(logging.NullHandler())
+    findings = doctor.diagnose(lambda: resolve_config(args))
+    if args.json:
+        print(json.dumps(doctor.as_json(findings), indent=2))
+    else:
+        for line in doctor.lines(findings):
+            print(line)
+    return doctor.exit_code(findings)
 
 
 def cmd_ca_export(args: argparse.Namespace) -> int:
@@ -125,7 +141,32 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("passwd", cmd_passwd, "set the Jupyter login password (only its argon2 hash is stored)",
             "examples:\n  jrd passwd\n  echo 'long passphrase' | jrd passwd --stdin")
     p.add_argument("--stdin", action="store_true", help="read the password from standard input")
-    add("init", cmd_init, "create the local CA and the TLS certificate if they do not exist")
+    p = add("init", cmd_init, "set this machine up: the config, the Jupyter account, the CA and certificate, "
+            "the password",
+            "Asks on a terminal, suggesting this machine's names and addresses; --yes takes the suggestions\n"
+            "and the flags given instead.  Run again, it changes nothing without --force; --force keeps the CA\n"
+            "(devices stay trusted) unless --new-ca is given.\n\n"
+            "examples:\n  jrd init\n"
+            "  echo 'long passphrase' | jrd init --yes --password-stdin --name vm.example.com --ip 203.0.113.7 "
+            "--user jupyter\n  jrd init --force --port 9443")
+    p.add_argument("--name", action="append", metavar="NAME",
+                   help="a DNS name for the certificate (repeat, or comma-separated; '-' for none)")
+    p.add_argument("--ip", action="append", metavar="ADDRESS",
+                   help="an IP address for the certificate (repeat, or comma-separated; '-' for none)")
+    p.add_argument("--user", help="the account Jupyter runs as (created if missing; default: jupyter as root)")
+    p.add_argument("--root-dir", metavar="DIR", help="the notebook directory (default: the account's home)")
+    p.add_argument("--port", type=int, help="the HTTPS port (default 8888)")
+    p.add_argument("--state-dir", metavar="DIR", help="where the CA, certificate and password live "
+                   "(default /var/lib/jrd)")
+    p.add_argument("--password-stdin", action="store_true", help="read the login password from standard input "
+                   "(needs --yes); without it, a password is generated and shown once")
+    p.add_argument("-y", "--yes", action="store_true", help="ask nothing: take the flags given and the suggestions")
+    p.add_argument("--force", action="store_true", help="set up again over an existing config (keeps the CA)")
+    p.add_argument("--new-ca", action="store_true", help="make a new CA: every device must trust it again")
+    p = add("doctor", cmd_doctor, "check what usually goes wrong; one line per check, with the fix",
+            "exit status: 0 when no check found a problem (warnings allowed), 1 when one did.\n\n"
+            "examples:\n  jrd doctor\n  jrd doctor --json | jq '.findings[] | select(.level == \"problem\")'")
+    p.add_argument("--json", action="store_true", help="one JSON object for scripts")
     ca = sub.add_parser("ca", help="the local CA").add_subparsers(dest="ca_command", required=True, metavar="ACTION")
     p = ca.add_parser("export", help="write the CA as PEM and as an iOS/iPadOS .mobileconfig",
                       description="write the CA as PEM and as an iOS/iPadOS .mobileconfig",

@@ -256,6 +256,11 @@ def _user_name(value: Any) -> str:
     return value
 
 
+def is_account_name(name: str) -> bool:
+    """A name that useradd accepts and supervisord.conf carries as it is (whether or not the account exists)."""
+    return bool(_ACCOUNT_NAME.match(name))
+
+
 def _group_name(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError("a group name")
@@ -589,6 +594,12 @@ _SECTIONS: dict[str, type] = {
     "idle": IdleConfig,
     "gateway": GatewayConfig,
 }
+
+
+def check_value(section: str, key: str, value: Any) -> Any:
+    """One key's TOML value checked as the loader checks it; ValueError with a phrase that completes "must be"."""
+    fields = {f.name: f for f in dataclasses.fields(_SECTIONS[section])}
+    return fields[key].metadata["check"](value)
 
 
 def _build_section(where: str, name: str, cls: type, raw: Any, base: Any) -> Any:

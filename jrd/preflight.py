@@ -54,6 +54,24 @@ class InstanceLock:
             os.close(self._fd)
             self._fd = None
 
+    @staticmethod
+    def holder(path: Path) -> int | None:
+        """The PID of the jrd that holds the lock at `path` (0 if unknown), None if none does; changes nothing."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None  # no lock file: no jrd has run on this runtime dir
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+                raise
+            text = os.read(fd, 32).decode(errors="replace").strip()
+            return int(text) if text.isdigit() else 0
+        finally:
+            os.close(fd)
+        return None
+
 
 def clear_previous_run(layout: Layout, grace: float = 15.0) -> list[int]:
     """End what an earlier jrd on these directories left running, and its stale sockets; the PIDs ended.
@@ -76,13 +94,15 @@ def clear_previous_run(layout: Layout, grace: float = 15.0) -> list[int]:
     return pids
 
 
-def check_ports(config: Config) -> None:
-    """Fail with a clear sentence if a port that jrd needs is taken."""
+def busy_ports(config: Config) -> list[tuple[str, str]]:
+    """Every port that jrd needs and cannot have now: (what is wrong, how to fix it)."""
     wanted = [(addr, config.nginx.port, "[nginx] port") for addr in config.nginx.listen]
     wanted.append(("127.0.0.1", config.jupyter.port, "[jupyter] port"))
     if config.metrics.listen:
         host, port = split_host_port(config.metrics.listen)
         wanted.append((host, port, "[metrics] listen"))
+    where = config.source or "the config"
+    out = []
     for addr, port, key in wanted:
         host = {"*": "0.0.0.0"}.get(addr, addr).strip("[]")
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -91,16 +111,21 @@ def check_ports(config: Config) -> None:
             try:
                 sock.bind((host, port))
             except OSError as exc:
-                where = config.source or "the config"
                 if exc.errno == errno.EADDRINUSE:
                     holder = leftovers.tcp_listener(port)
                     who = f"pid {holder[0]} ({holder[1]})" if holder else "another program"
-                    raise PreflightError(
-                        f"port {port} on {addr} is already in use by {who}; stop that program "
-                        f"(`ss -ltnp 'sport = :{port}'` shows it) or change {key} in {where}"
-                    ) from None
-                raise PreflightError(
-                    f"cannot listen on {addr}:{port} ({exc.strerror}); check {key} in {where}") from None
+                    out.append((f"port {port} on {addr} is already in use by {who}",
+                                f"stop that program (`ss -ltnp 'sport = :{port}'` shows it) "
+                                f"or change {key} in {where}"))
+                else:
+                    out.append((f"cannot listen on {addr}:{port} ({exc.strerror})", f"check {key} in {where}"))
+    return out
+
+
+def check_ports(config: Config) -> None:
+    """Fail with a clear sentence if a port that jrd needs is taken."""
+    for what, fix in busy_ports(config)[:1]:
+        raise PreflightError(f"{what}; {fix}")
 
 
 def venv_bin() -> Path:

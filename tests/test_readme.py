@@ -28,3 +28,12 @@ def test_every_module_is_in_the_map_with_a_concern_and_nothing_else() -> None:
     packages = {str(p.parent.relative_to(REPO)) + "/" for p in (REPO / "jrd").rglob("__init__.py")} - {"jrd/"}
     assert set(entries) == modules | packages
     assert all(entries.values()), [name for name, concern in entries.items() if not concern]
+
+
+def test_device_trust_steps_are_the_ones_jrd_init_prints() -> None:
+    """One text for trusting the CA on each kind of device: jrd.tls.profiles, shown by the README and `jrd init`."""
+    from jrd.tls import profiles
+
+    assert profiles.trust_steps_markdown() in (REPO / "README.md").read_text(), (
+        "the README's per-platform steps differ from jrd.tls.profiles.TRUST_STEPS; paste the output of "
+        "`python -c 'from jrd.tls import profiles; print(profiles.trust_steps_markdown())'`")

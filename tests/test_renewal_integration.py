@@ -343,7 +343,14 @@ def test_renewal_on_a_full_disk_keeps_the_old_pair_serving() -> None:
     """A tiny tmpfs over the TLS dir, filled up: writing the new pair fails with ENOSPC."""
     j = HarnessJrd(short_tmp())
     tls = j.state / "tls"
-    subprocess.run([JRD_BIN, "init", "--config", str(j.config_path)], check=True, capture_output=True)
+    # The CA and a leaf for the config as it is (what a first start makes), before the tmpfs goes over them.
+    from jrd.config import load_config, system_defaults
+    from jrd.layout import Layout
+    from jrd.tls import certs
+    from jrd.tls.bootstrap import ensure_tls
+
+    config = load_config(j.config_path, base=system_defaults())
+    ensure_tls(config, Layout.of(config), certs.utcnow())
     saved = {p.name: p.read_bytes() for p in tls.iterdir()}
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32k,mode=0700", "tmpfs", str(tls)], check=True)
     try:

@@ -381,8 +381,8 @@ def ensure_ca(
         atomic_write(cert_path, pem(cert), 0o644)
         return cert, key, True
     restart = (
-        f"devices that trust it would stop trusting jrd if it were replaced silently; "
-        f"to make a new CA, move {cert_path.parent} aside, run `jrd init`, and trust the new CA on every device"
+        "devices that trust it would stop trusting jrd if it were replaced silently; "
+        "to make a new CA, run `jrd init --force --new-ca` and trust the new CA on every device"
     )
     try:
         cert = load_cert(cert_path)
