@@ -20,14 +20,14 @@ from typing import Any, Callable
 
 import pytest
 
-from conftest import Jrd, wait_for
+from conftest import PASSWORD, Jrd, wait_for
 from test_browser_lab import (
     CHROMIUM_FLAGS, HOST, PAGE_TIMEOUT_MS, launcher_card, log_in, sync_playwright, tool, trusting_home,
 )
 
 pytestmark = pytest.mark.integration
 
-LINES = 20
+LINES = 12
 EXPECTED = "".join(f"line {i + 1}\n" for i in range(LINES))
 # Where the frontend parts of server-side execution are fetched from.
 SSX_ASSETS = re.compile(r"/lab/extensions/(@jupyter|@datalayer)/")
@@ -119,9 +119,12 @@ def test_output_of_a_cell_survives_its_closed_tab_and_the_setting_turns_it_all_o
             assert all(status == 404 for status in routes.values()), routes
             requested = []
             context, page = new_page(browser, requested)
-            log_in(page, expect, base, timings)
-            launcher_card(page).click()
+            page.goto(f"{base}/lab/tree/{saved.name}")
+            page.locator("input[type=password]").fill(PASSWORD)
+            page.locator("input[type=password]").press("Enter")
             expect(page.get_by_role("contentinfo").get_by_role("button", name=re.compile(r" \| Idle$"))).to_be_visible()
+            expect(page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-OutputArea-output").first).to_have_text(
+                EXPECTED.rstrip("\n"))
             assert not [url for url in requested if SSX_ASSETS.search(url)], requested
             context.close()
         finally:
