@@ -370,6 +370,7 @@ class JupyterConfig:
     base_url: str = _key(_base_url, "/")
     restart_policy: str = _key(_choice("idle", "immediate"), "idle")
     restart_max_wait_seconds: float = _key(_number_range(0, 7 * 86400), 3600.0)
+    server_side_execution: bool = _key(_bool, False)
 
 
 @dataclass(frozen=True)

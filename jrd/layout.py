@@ -129,6 +129,11 @@ class Layout:
         return self.jupyter_dir / "jupyter_server_config.py"
 
     @property
+    def collaboration_dir(self) -> Path:
+        """Server-side execution's document store, sessions and file ids: the Jupyter account's, in its 0700 dir."""
+        return self.jupyter_dir / "collaboration"
+
+    @property
     def gateway_token(self) -> Path:
         """The gateway's token as Jupyter reads it at start: a copy in the Jupyter account's 0700 dir."""
         return self.jupyter_dir / "gateway-token"

@@ -96,10 +96,15 @@ class _Recorder:
     def __setattr__(self, name: str, value: Any) -> None:
         self.values[name] = value
 
+    def update(self, other: dict[str, Any]) -> None:
+        """`c.ServerApp.jpserver_extensions.update({...})`: traitlets merges it into the dict."""
+        self.values.update(other)
+
 
 def jupyter_settings(text: str) -> dict[str, Any]:
     """Run a rendered jupyter_server_config.py as Jupyter would; {'ServerApp.port': 8889, ...}."""
     ast.parse(text)
     c = _Recorder()
     exec(compile(text, "jupyter_server_config.py", "exec"), {"get_config": lambda: c})  # noqa: S102
-    return {f"{cls}.{key}": value for cls, rec in c.values.items() for key, value in rec.values.items()}
+    return {f"{cls}.{key}": value.values if isinstance(value, _Recorder) else value
+            for cls, rec in c.values.items() for key, value in rec.values.items()}

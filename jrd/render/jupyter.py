@@ -8,6 +8,19 @@ from pathlib import Path
 from jrd.render.base import RenderInputs, fill, source_name, template
 
 
+# Server-side execution ([jupyter] server_side_execution): the server extensions that
+# jupyter-collaboration and jupyter-server-nbmodel install, and their frontend parts.
+SSX_SERVER_EXTENSIONS = ("jupyter_server_fileid", "jupyter_server_ydoc", "jupyter_server_nbmodel")
+SSX_LABEXTENSIONS = ("@jupyter/collaboration-extension", "@jupyter/docprovider-extension",
+                     "@datalayer/jupyter-server-nbmodel")
+# The collaboration interface a single-user JupyterLab leaves out (plugin ids of
+# @jupyter/collaboration-extension); the document provider and executor stay.
+SSX_COLLABORATION_UI = tuple("@jupyter/collaboration-extension:" + plugin for plugin in (
+    "shared-link", "userMenu", "user-menu-bar", "rtcPanel", "rtcGlobalAwareness", "userEditorCursors"))
+# A document still for this long has its history squashed into one update.
+YSTORE_SQUASH_SECONDS = 600
+
+
 def jupyter_root_dir(inp: RenderInputs) -> Path:
     return inp.config.jupyter.root_dir or inp.jupyter_account.home
 
@@ -62,6 +75,7 @@ def render_jupyter_config(inp: RenderInputs) -> str:
     remote_ips = any(not ipaddress.ip_address(h).is_loopback for h in cfg.accepted_hosts if _is_ip(h))
     request, launch = gw.request_timeout_seconds, gw.kernel_launch_timeout_seconds
     timeouts = gw.enabled and request is not None and launch is not None
+    ssx = cfg.jupyter.server_side_execution
     return fill(
         template("jupyter_server_config.py.tmpl"),
         source=source_name(inp),
@@ -83,4 +97,11 @@ def render_jupyter_config(inp: RenderInputs) -> str:
         launch_timeout_pad=repr(float((request or 0) - (launch or 0))),
         gateway_token=gw.enabled and bool(inp.gateway_token),
         gateway_token_file=repr(str(inp.layout.gateway_token)),
+        server_extensions=repr({name: ssx for name in SSX_SERVER_EXTENSIONS}),
+        ssx_on=ssx,
+        ssx_off=not ssx,
+        labextensions=repr(set(SSX_LABEXTENSIONS)),
+        store_dir=repr(str(inp.layout.collaboration_dir)),
+        ystore_squash_seconds=YSTORE_SQUASH_SECONDS,
+        collaboration_ui=repr(list(SSX_COLLABORATION_UI)),
     )
