@@ -80,6 +80,8 @@ def check_ports(config: Config) -> None:
     """Fail with a clear sentence if a port that jrd needs is taken."""
     wanted = [(addr, config.nginx.port, "[nginx] port") for addr in config.nginx.listen]
     wanted.append(("127.0.0.1", config.jupyter.port, "[jupyter] port"))
+    if config.acme_tls:
+        wanted += [(addr, config.acme.http_port, "[acme] http_port") for addr in config.nginx.listen]
     if config.metrics.listen:
         host, port = split_host_port(config.metrics.listen)
         wanted.append((host, port, "[metrics] listen"))

@@ -8,7 +8,7 @@ import json
 import re
 from pathlib import Path
 
-from jrd.render.base import RenderInputs, comment_text, fill, source_name, template
+from jrd.render.base import AcmeServing, RenderInputs, comment_text, fill, source_name, template
 
 # A token nginx reads as it is; anything else is written as a double-quoted string.
 _PLAIN = re.compile(r"^[A-Za-z0-9_./:+@,=-]+\Z")
@@ -97,6 +97,9 @@ def render_nginx_conf(inp: RenderInputs) -> str:
     names = " ".join(_nginx_host(h) for h in cfg.accepted_hosts)
     public = layout.nginx_public_dir
     login_limit = ng.login_rate_per_minute > 0
+    acme = inp.acme
+    acme_pair = acme is not None and acme.cert is not None and acme.key is not None
+    cert_map, key_map = acme_maps(acme) if acme_pair else ("", "")
     return fill(
         template("nginx.conf.tmpl"),
         source=source_name(inp),
@@ -112,6 +115,14 @@ def render_nginx_conf(inp: RenderInputs) -> str:
         temp_scgi=nginx_str(layout.nginx_temp_dir / "scgi"),
         cert_file=nginx_str(inp.cert_file),
         key_file=nginx_str(inp.key_file),
+        acme_certificate=acme_pair,
+        plain_certificate=not acme_pair,
+        acme_cert_map=cert_map,
+        acme_key_map=key_map,
+        acme_http=acme is not None,
+        acme_http_listen="\n".join(f"        listen {a}:{acme.http_port};" for a in ng.listen) if acme else "",
+        acme_challenge_dir=nginx_str(f"{acme.challenge_dir}/") if acme else "",
+        https_port="" if ng.port == 443 else f":{ng.port}",
         gzip="on" if ng.gzip else "off",
         load_modules="".join(f"load_module {nginx_str(m)};\n" for m in modules),
         compress_types=COMPRESS_TYPES,
@@ -142,6 +153,21 @@ def render_nginx_conf(inp: RenderInputs) -> str:
         proxy_timeout=ng.proxy_timeout_seconds,
         status_listen=nginx_str(f"unix:{layout.nginx_status_socket}"),
     )
+
+
+def acme_maps(acme: AcmeServing) -> tuple[str, str]:
+    """The `map` lines that pick the ACME pair: by SNI for a name, by the server address for an IP."""
+    keys = []
+    for host in acme.hosts:
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            keys.append(f"~*^{re.escape(host)}\\|")  # the name as SNI, any address
+            continue
+        keys.append(f"~^\\|{re.escape(host)}\\z")  # no SNI, connected to this address
+    cert_lines = "\n".join(f"        {nginx_str(k)} {nginx_str(acme.cert)};" for k in keys)
+    key_lines = "\n".join(f"        {nginx_str(k)} {nginx_str(acme.key)};" for k in keys)
+    return cert_lines, key_lines
 
 
 def nginx_command(inp: RenderInputs) -> list[str]:

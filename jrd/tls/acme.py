@@ -272,7 +272,6 @@ def order_certificate(req: OrderRequest, store: AcmeStore, challenges_out: Chall
     """Order a certificate for the request's identifiers with http-01; raises AcmeError with the CA's words."""
     import josepy as jose
     import requests
-    from acme import client as acme_client
     from acme import errors as acme_errors
     from acme import messages
 
