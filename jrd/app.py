@@ -14,12 +14,14 @@ from jrd.idle import IdleGuard
 from jrd.layout import Layout
 from jrd.metrics import MetricsServer
 from jrd.static_cache import StaticBundles
+from jrd.tls.acme_service import AcmeService
 from jrd.watch import ConfigWatcher
 
 
 def build_daemon(config: Config, loader: Callable[[], Config], interactive: bool) -> Daemon:
     announce = print_flush if interactive else None
     idle = IdleGuard()
+    acme = AcmeService()
     extensions = [
         ControlServer(Layout.of(config).control_socket, config.control.group),
         ProgramEvents(),
@@ -34,8 +36,13 @@ def build_daemon(config: Config, loader: Callable[[], Config], interactive: bool
         ConfigWatcher(),
         # Whether the gateway ([gateway]) answers: logged at start and after a change of it.
         GatewayWatch(),
+        # [tls] mode = "acme": a publicly trusted certificate for the public names and addresses.
+        acme,
     ]
-    return Daemon(config, config_loader=loader, announce=announce, show_password=interactive, extensions=extensions)
+    daemon = Daemon(config, config_loader=loader, announce=announce, show_password=interactive,
+                    extensions=extensions)
+    daemon.certificates.acme_status = acme.status
+    return daemon
 
 
 def print_flush(message: str) -> None:

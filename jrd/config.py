@@ -402,6 +402,70 @@ class TlsConfig:
     cert_file: Path | None = _key(_optional_path, None)
     key_file: Path | None = _key(_optional_path, None)
     serve_ca: bool = _key(_bool, True)
+    # Where the certificate for the public names and addresses comes from: "auto" is "files"
+    # when cert_file is set, else "own" (jrd's CA); "acme" orders one from [acme] directory_url.
+    mode: str = _key(_choice("auto", "own", "files", "acme"), "auto")
+
+
+def _https_url(value: Any) -> str:
+    usage = "an https:// URL such as 'https://acme-v02.api.letsencrypt.org/directory'"
+    if not isinstance(value, str) or _has_control(value) or " " in value:
+        raise ValueError(usage)
+    try:
+        parts = urllib.parse.urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError:
+        raise ValueError(usage) from None
+    if parts.scheme != "https" or not parts.hostname or parts.username is not None:
+        raise ValueError(usage)
+    return value
+
+
+_EMAIL = re.compile(r"^[^@\s:/]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}\Z")
+
+
+def _email(value: Any) -> str:
+    if value == "":
+        return value
+    if not isinstance(value, str) or not _EMAIL.match(value):
+        raise ValueError("an e-mail address such as 'me@example.com', or '' for none")
+    return value
+
+
+_PROFILE = re.compile(r"^[A-Za-z0-9._-]{1,64}\Z")
+
+
+def _acme_profile(value: Any) -> str:
+    if not isinstance(value, str) or not (value in ("auto", "") or _PROFILE.match(value)):
+        raise ValueError("'auto', '' (none) or a profile name the CA offers, such as 'shortlived' or 'classic'")
+    return value
+
+
+def _eab_kid(value: Any) -> str:
+    if not isinstance(value, str) or len(value) > 256 or not re.match(r"^[\x21-\x7e]*\Z", value):
+        raise ValueError("the key identifier your CA gave you (visible ASCII, no blanks), or '' for none")
+    return value
+
+
+LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
+LETS_ENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
+
+
+@dataclass(frozen=True)
+class AcmeConfig:
+    """A publicly trusted certificate from an ACME CA ([tls] mode = "acme")."""
+
+    directory_url: str = _key(_https_url, LETS_ENCRYPT)
+    email: str = _key(_email, "")
+    # External account binding, for CAs that require one: both or neither.
+    eab_kid: str = _key(_eab_kid, "")
+    eab_hmac_key_file: Path | None = _key(_optional_path, None)
+    profile: str = _key(_acme_profile, "auto")
+    # The port nginx answers http-01 challenges on; the CA always connects to 80.
+    http_port: int = _key(_int_range(1, 65535), 80)
+    # CA certificates that the ACME server's own HTTPS is checked against, beside the system's
+    # (a private ACME server such as Pebble); "" for the system store only.
+    directory_ca_file: Path | None = _key(_optional_path, None)
 
 
 @dataclass(frozen=True)
@@ -479,7 +543,7 @@ _TOKEN = re.compile(r"^[\x21-\x7e]+\Z")
 _MAX_TOKEN_FILE = 64 * 1024
 
 
-def read_token_file(path: Path) -> str:
+def read_token_file(path: Path, what: str = "the gateway's token") -> str:
     """The token in `path`, a file that only its owner may read.
 
     Raises ValueError with a phrase that follows the file's name and says how to fix it.
@@ -487,7 +551,7 @@ def read_token_file(path: Path) -> str:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
     except FileNotFoundError:
-        raise ValueError(f"does not exist; write the gateway's token into it and `chmod 600 {path}`") from None
+        raise ValueError(f"does not exist; write {what} into it and `chmod 600 {path}`") from None
     except OSError as exc:
         account = _account_name(os.geteuid())
         raise ValueError(f"cannot be read by jrd, which runs as {account} ({exc.strerror}); fix it with "
@@ -495,7 +559,7 @@ def read_token_file(path: Path) -> str:
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise ValueError("is not a regular file; put the gateway's token in a file of its own")
+            raise ValueError(f"is not a regular file; put {what} in a file of its own")
         if st.st_mode & 0o077:
             raise ValueError(f"is open to other accounts (mode {stat.S_IMODE(st.st_mode):04o}), and it holds a "
                              f"secret; fix it with `chmod 600 {path}`")
@@ -505,12 +569,12 @@ def read_token_file(path: Path) -> str:
     finally:
         os.close(fd)
     if len(data) > _MAX_TOKEN_FILE:
-        raise ValueError("is larger than 64 KiB; it must hold only the gateway's token, on one line")
+        raise ValueError(f"is larger than 64 KiB; it must hold only {what}, on one line")
     token = data.decode("ascii", errors="replace").strip()
     if not token:
-        raise ValueError("is empty; write the gateway's token into it")
+        raise ValueError(f"is empty; write {what} into it")
     if not _TOKEN.match(token):
-        raise ValueError("must hold only the gateway's token, on one line, of visible ASCII characters "
+        raise ValueError(f"must hold only {what}, on one line, of visible ASCII characters "
                          "(no blanks inside it)")
     return token
 
@@ -536,6 +600,7 @@ class Config:
     control: ControlConfig = field(default_factory=ControlConfig)
     idle: IdleConfig = field(default_factory=IdleConfig)
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    acme: AcmeConfig = field(default_factory=AcmeConfig)
     source: Path | None = None
 
     # --- derived values, so that every consumer agrees on them ----------
@@ -557,6 +622,18 @@ class Config:
     @property
     def external_tls(self) -> bool:
         return self.tls.cert_file is not None
+
+    @property
+    def acme_tls(self) -> bool:
+        """The public names and addresses get a certificate from an ACME CA; the rest jrd's own."""
+        return self.tls.mode == "acme"
+
+    @property
+    def acme_identifiers(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(DNS names, IP addresses) a public CA can certify: no localhost, loopback or private addresses."""
+        names = tuple(n for n in self.tls.names if n != "localhost" and "." in n)
+        ips = tuple(i for i in self.tls.ip_addresses if ipaddress.ip_address(i).is_global)
+        return names, ips
 
     @property
     def url(self) -> str:
@@ -594,6 +671,7 @@ _SECTIONS: dict[str, type] = {
     "control": ControlConfig,
     "idle": IdleConfig,
     "gateway": GatewayConfig,
+    "acme": AcmeConfig,
 }
 
 
@@ -653,6 +731,7 @@ def _check_whole(where: str, config: Config) -> None:
         raise ConfigError(
             f"{where}: [tls] cert_file and key_file must be set together (or both left empty for jrd's own CA)"
         )
+    _check_tls_mode(where, config)
     if config.metrics.listen:
         metrics_port = split_host_port(config.metrics.listen)[1]
         for key, port in (("[nginx] port", config.nginx.port), ("[jupyter] port", config.jupyter.port)):
@@ -686,6 +765,39 @@ def _check_whole(where: str, config: Config) -> None:
                     f"{where}: [jupyter] extra_args holds {arg!r}, which would take kernels off the gateway set in "
                     "[gateway] url; remove it, or set url = \"\" to run kernels here"
                 )
+
+
+def _check_tls_mode(where: str, config: Config) -> None:
+    tls, acme = config.tls, config.acme
+    if tls.mode == "files" and tls.cert_file is None:
+        raise ConfigError(f"{where}: [tls] mode = 'files' needs cert_file and key_file")
+    if tls.mode in ("own", "acme") and tls.cert_file is not None:
+        raise ConfigError(
+            f"{where}: [tls] mode = {tls.mode!r} takes no cert_file/key_file; remove them, or set mode = 'files'")
+    if (acme.eab_kid == "") != (acme.eab_hmac_key_file is None):
+        raise ConfigError(f"{where}: [acme] eab_kid and eab_hmac_key_file must be set together (or neither)")
+    if tls.mode != "acme":
+        return
+    names, ips = config.acme_identifiers
+    if not names and not ips:
+        raise ConfigError(
+            f"{where}: [tls] mode = 'acme' needs a public DNS name in [tls] names or a public IP address in "
+            "[tls] ip_addresses; a public CA signs nothing else (loopback and private addresses keep jrd's own CA)")
+    if acme.http_port == config.nginx.port:
+        raise ConfigError(f"{where}: [acme] http_port = {acme.http_port} is the same as [nginx] port; the http-01 "
+                          "challenges need a plain-HTTP port of their own (80 for a public CA)")
+    if acme.eab_hmac_key_file is not None:
+        eab_hmac_key(where, acme)
+
+
+def eab_hmac_key(where: str, acme: AcmeConfig) -> str:
+    """The external account binding's HMAC key (base64url), from a file only its owner may read."""
+    assert acme.eab_hmac_key_file is not None
+    try:
+        return read_token_file(acme.eab_hmac_key_file, "the CA's HMAC key")
+    except ValueError as exc:
+        raise ConfigError(
+            f"{where}: [acme] eab_hmac_key_file = '{acme.eab_hmac_key_file}' is unusable: the file {exc}") from None
 
 
 def _check_gateway(where: str, gw: GatewayConfig) -> None:

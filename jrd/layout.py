@@ -57,6 +57,11 @@ class Layout:
     def internal_token_file(self) -> Path:
         return self.state_dir / "internal-token"
 
+    @property
+    def acme_dir(self) -> Path:
+        """The ACME account key and the certificates ordered with it (jrd.tls.acme)."""
+        return self.state_dir / "acme"
+
     # runtime: regenerated at every start
     @property
     def lock_file(self) -> Path:
@@ -94,6 +99,11 @@ class Layout:
     def nginx_public_dir(self) -> Path:
         """Files nginx serves itself (the public CA certificate and profile)."""
         return self.nginx_dir / "public"
+
+    @property
+    def acme_challenge_dir(self) -> Path:
+        """http-01 tokens, which nginx serves under /.well-known/acme-challenge/."""
+        return self.nginx_dir / "acme-challenge"
 
     @property
     def nginx_status_socket(self) -> Path:

@@ -296,6 +296,9 @@ class JrdCollector:
                        "When jrd last renewed the certificate successfully, as a Unix time.")
             g.add_metric([], last)
             yield g
+        acme = status.get("acme")
+        if isinstance(acme, dict):
+            yield from _acme_metrics(acme)
 
     def _reloads(self, ledger: Snapshot) -> Iterator[Metric]:
         rec = ledger.reloads
@@ -449,3 +452,26 @@ class MetricsServer(Extension):
             self._server = None
         if self.collector is not None:
             self.collector.close()
+
+
+def _acme_metrics(acme: dict[str, Any]) -> Iterator[Metric]:
+    """[tls] mode = "acme": whether the CA's certificate is served, its expiry and issuer, orders by result."""
+    cert = acme.get("certificate") or {}
+    serving = _gauge("jrd_acme_certificate_served",
+                     "1 if nginx serves the ACME CA's certificate for the public names, 0 if jrd's own CA's.")
+    serving.add_metric([], 1.0 if acme.get("serving") == "acme" else 0.0)
+    yield serving
+    info = _gauge("jrd_acme_certificate_info", "The ACME certificate in service: its issuer and profile.",
+                  ["issuer", "profile"])
+    if cert:
+        info.add_metric([str(cert.get("issuer", "")), str(acme.get("profile") or "")], 1.0)
+        not_after = _gauge("jrd_acme_certificate_not_after_timestamp_seconds",
+                           "When the ACME certificate in service expires, as a Unix time.")
+        not_after.add_metric([], float(cert.get("not_after", 0)))
+        yield not_after
+    yield info
+    orders = _counter("jrd_acme_orders", "ACME orders by result (kept across restarts).", ["result"])
+    counts = acme.get("orders") or {}
+    for result in (states.RESULT_SUCCESS, states.RESULT_FAILURE):
+        orders.add_metric([result], float(counts.get(result, 0)))
+    yield orders

@@ -98,6 +98,8 @@ def busy_ports(config: Config) -> list[tuple[str, str]]:
     """Every port that jrd needs and cannot have now: (what is wrong, how to fix it)."""
     wanted = [(addr, config.nginx.port, "[nginx] port") for addr in config.nginx.listen]
     wanted.append(("127.0.0.1", config.jupyter.port, "[jupyter] port"))
+    if config.acme_tls:
+        wanted += [(addr, config.acme.http_port, "[acme] http_port") for addr in config.nginx.listen]
     if config.metrics.listen:
         host, port = split_host_port(config.metrics.listen)
         wanted.append((host, port, "[metrics] listen"))

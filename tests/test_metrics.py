@@ -466,7 +466,7 @@ def promtool(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_alert_rules_pass_promtool_check() -> None:
     res = promtool("check", "rules", "jrd-alerts.yml")
-    assert res.returncode == 0 and "SUCCESS: 11 rules found" in res.stdout, res.stdout + res.stderr
+    assert res.returncode == 0 and "SUCCESS: 13 rules found" in res.stdout, res.stdout + res.stderr
 
 
 def test_alert_rules_unit_tests_pass() -> None:

@@ -152,6 +152,9 @@ def format_status(st: Mapping[str, Any], now: float) -> str:
     for role, c in (st.get("certificates") or {}).items():
         if not isinstance(c, dict):
             continue
+        if role == "acme":
+            facts.append(["ACME", acme_line(c)])
+            continue
         label = {"leaf": "certificate", "ca": "local CA"}.get(role, role)
         if "error" in c:
             facts.append([label, f"PROBLEM: {c['error']}"])
@@ -422,7 +425,43 @@ def certificate_details(client: Client) -> dict[str, Any]:
                 entry.setdefault("error", f"cannot read {paths[role]}: {exc}")
         if entry:
             out[role] = entry
+    if given.get("acme"):
+        out["acme"] = given["acme"]
     return out
+
+
+def acme_line(a: Mapping[str, Any]) -> str:
+    """One line on the ACME certificate for `jrdctl status`."""
+    if a.get("serving") == "acme" and a.get("certificate"):
+        c = a["certificate"]
+        line = f"serving the CA's certificate, {c.get('days_left', 0):.1f} days left"
+    else:
+        line = f"NOT serving the CA's certificate (jrd's own CA instead): {a.get('why_local') or '?'}"
+    if a.get("last_error") and a.get("serving") == "acme":
+        line += f"; last order failed: {a['last_error']}"
+    return line
+
+
+def format_acme(a: Mapping[str, Any]) -> str:
+    def stamp(epoch: float | None) -> str:
+        return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC") if epoch else "-"
+
+    c = a.get("certificate") or {}
+    orders = a.get("orders") or {}
+    rows = [
+        ["serving", "the CA's certificate" if a.get("serving") == "acme"
+         else f"jrd's own CA's certificate ({a.get('why_local') or '?'})"],
+        ["directory", a.get("directory", "?")],
+        ["issuer", c.get("issuer", "-")],
+        ["SANs", ", ".join(c.get("sans") or []) or "-"],
+        ["profile", a.get("profile") or "the CA's default"],
+        ["not after", stamp(c.get("not_after"))],
+        ["next order", f"{stamp(a.get('next_order_at'))} ({a.get('next_order_reason') or '?'})"],
+        ["orders", f"{orders.get('success', 0)} succeeded, {orders.get('failure', 0)} failed"],
+        ["last error", a.get("last_error") or "-"],
+    ]
+    body = "\n".join("  " + line for line in table(rows).splitlines())
+    return "ACME certificate (public names and addresses)\n" + body
 
 
 def format_certificate(role: str, c: Mapping[str, Any]) -> str:
@@ -450,7 +489,8 @@ def cmd_cert_show(client: Client, args: argparse.Namespace) -> int:
     if args.json:
         emit_json(details)
     else:
-        print("\n\n".join(format_certificate(role, c) for role, c in details.items()))
+        print("\n\n".join(format_acme(c) if role == "acme" else format_certificate(role, c)
+                           for role, c in details.items()))
     return EXIT_OK
 
 

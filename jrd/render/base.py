@@ -30,6 +30,19 @@ class Account:
 
 
 @dataclass(frozen=True)
+class AcmeServing:
+    """[tls] mode = "acme": where nginx answers http-01, and the ACME pair in service (if any)."""
+
+    challenge_dir: Path
+    http_port: int
+    # None while there is no usable ACME certificate: then everything is served with jrd's own.
+    cert: Path | None = None
+    key: Path | None = None
+    # The names and addresses the ACME certificate covers (SNI picks it for these).
+    hosts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class RenderInputs:
     """Facts about the machine and the state dir that rendering needs."""
 
@@ -56,6 +69,8 @@ class RenderInputs:
     static_bundles: Path | None = None
     # The token in [gateway] auth_token_file, read at build time; "" when there is none.
     gateway_token: str = field(default="", repr=False)
+    # Added by jrd.tls.acme_service in [tls] mode = "acme".
+    acme: AcmeServing | None = None
 
 
 @dataclass(frozen=True)

@@ -94,11 +94,22 @@ def render_nginx_conf(inp: RenderInputs) -> str:
     listen_default = "\n".join(
         f"        listen {addr}:{ng.port} ssl{http2} default_server;" for addr in ng.listen
     ) + http2_on
-    names = " ".join(_nginx_host(h) for h in cfg.accepted_hosts)
     public = layout.nginx_public_dir
     login_limit = ng.login_rate_per_minute > 0
-    return fill(
-        template("nginx.conf.tmpl"),
+    acme = inp.acme
+    acme_pair = acme is not None and acme.cert is not None and acme.key is not None
+    acme_tls = default_tls = ""
+    server_hosts = cfg.accepted_hosts
+    if acme_pair:
+        assert acme is not None and acme.cert is not None and acme.key is not None
+        acme_tls = (f"        ssl_certificate {nginx_str(acme.cert)};\n"
+                    f"        ssl_certificate_key {nginx_str(acme.key)};\n")
+        server_hosts = tuple(h for h in cfg.accepted_hosts if h not in acme.hosts)
+        # Without SNI (a client that asked for an IP address) the default server's certificate is
+        # used: the CA's when it certifies a public address, else jrd's own.
+        if any(":" in h or h.replace(".", "").isdigit() for h in acme.hosts):
+            default_tls = acme_tls
+    values = dict(
         source=source_name(inp),
         source_text=_message_text(cfg.source or "built-in defaults"),
         pid_file=nginx_str(layout.nginx_pid_file),
@@ -112,6 +123,10 @@ def render_nginx_conf(inp: RenderInputs) -> str:
         temp_scgi=nginx_str(layout.nginx_temp_dir / "scgi"),
         cert_file=nginx_str(inp.cert_file),
         key_file=nginx_str(inp.key_file),
+        acme_http=acme is not None,
+        acme_http_listen="\n".join(f"        listen {a}:{acme.http_port};" for a in ng.listen) if acme else "",
+        acme_challenge_dir=nginx_str(f"{acme.challenge_dir}/") if acme else "",
+        https_port="" if ng.port == 443 else f":{ng.port}",
         gzip="on" if ng.gzip else "off",
         load_modules="".join(f"load_module {nginx_str(m)};\n" for m in modules),
         compress_types=COMPRESS_TYPES,
@@ -133,7 +148,6 @@ def render_nginx_conf(inp: RenderInputs) -> str:
         login_burst=ng.login_burst,
         listen_default=listen_default,
         listen=listen,
-        server_names=names,
         client_max_body_size=ng.client_max_body_size,
         serve_ca_pem=inp.ca_pem is not None,
         ca_pem_file=nginx_str(public / "ca.pem"),
@@ -141,7 +155,21 @@ def render_nginx_conf(inp: RenderInputs) -> str:
         ca_mobileconfig_file=nginx_str(public / "ca.mobileconfig"),
         proxy_timeout=ng.proxy_timeout_seconds,
         status_listen=nginx_str(f"unix:{layout.nginx_status_socket}"),
+        default_tls=default_tls,
     )
+    conf = fill(template("nginx.conf.tmpl"), **values, server_names=_names(server_hosts), server_tls="")
+    if not acme_pair:
+        return conf
+    assert acme is not None
+    # The same Jupyter server again, for the CA's names with the CA's certificate.
+    other = fill(template("nginx.conf.tmpl"), **values, server_names=_names(acme.hosts), server_tls=acme_tls)
+    begin, end = "    # The Jupyter server.", "    # End of the Jupyter server.\n"
+    block = other[other.index(begin):other.index(end)]
+    return conf.replace(end, end + block, 1)
+
+
+def _names(hosts: tuple[str, ...]) -> str:
+    return " ".join(_nginx_host(h) for h in hosts)
 
 
 def nginx_command(inp: RenderInputs) -> list[str]:

@@ -99,6 +99,8 @@ class CertManager:
         self._warned_policy = False
         self._warned_external_day: dt.date | None = None
         self.external_loaded: str | None = None  # digest of the external pair nginx loaded
+        # [tls] mode = "acme": the ACME certificate's part of `status()` (jrd.tls.acme_service), thread-safe.
+        self.acme_status: Callable[[], dict[str, Any] | None] = lambda: None
 
     # --- scheduling --------------------------------------------------------------
     def next_check(self, config: "Config", layout: "Layout") -> float:
@@ -285,7 +287,10 @@ class CertManager:
         out["renewals"] = {"success": rec.successes, "failure": rec.failures}
         out["last_renewal_success"] = rec.last_success
         out["last_renewal_error"] = rec.last_error or None
-        out["mode"] = "external" if config.external_tls else "own"
+        out["mode"] = "external" if config.external_tls else "acme" if config.acme_tls else "own"
+        acme = self.acme_status()
+        if acme is not None:
+            out["acme"] = acme
         out["next_check"] = next_check_at
         return out
 

@@ -1,0 +1,244 @@
+"""[tls] mode = "acme" against a real ACME server: Debian's Pebble, validating http-01 for real.
+
+jrd runs as `jrd run` does (`jrd.app.build_daemon`), from this file as a
+harness so that the ACME backoff can be shortened from 15 minutes to a
+second (production never goes below 15 minutes).  Pebble validates
+http-01 by connecting to jrd's `[acme] http_port`, where jrd's own
+responder (before nginx starts) or nginx answers.  Names resolve to
+127.0.0.1 through pebble-challtestsrv's DNS.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+if __name__ != "__main__":
+    import pytest
+    import requests
+    from cryptography import x509
+
+    from acme_support import Pebble, free_port
+    from conftest import Jrd, short_tmp, wait_for
+
+    pytestmark = pytest.mark.integration
+
+HERE = Path(__file__).resolve()
+
+
+def harness_main(config_path: str, retry_seconds: str) -> int:
+    from jrd.app import build_daemon
+    from jrd.cli import setup_logging
+    from jrd.config import load_config
+    from jrd.tls.acme_policy import Timing
+    from jrd.tls.acme_service import AcmeService
+
+    path = Path(config_path)
+    setup_logging("info")
+    daemon = build_daemon(load_config(path), lambda: load_config(path), interactive=True)
+    acme = next(e for e in daemon.extensions if isinstance(e, AcmeService))
+    retry = dt.timedelta(seconds=float(retry_seconds))
+    acme.timing = Timing(retry_first=retry, retry_max=retry * 4)
+    acme.check_seconds = 0.5
+    return daemon.run()
+
+
+if __name__ == "__main__":
+    sys.exit(harness_main(sys.argv[1], sys.argv[2]))
+
+
+# --- test side -----------------------------------------------------------------------------
+
+
+class AcmeJrd(Jrd):
+    """A jrd in ACME mode for the name jrd.test, started through the harness."""
+
+    def __init__(self, base: Path, pebble: "Pebble", retry_seconds: float = 1.0):
+        self.pebble = pebble
+        self.retry_seconds = retry_seconds
+        super().__init__(base)
+        self.write_config(
+            f'[acme]\ndirectory_url = "{pebble.directory_url}"\ndirectory_ca_file = "{pebble.tls_ca}"\n'
+            f'http_port = {pebble.http_port}\nemail = "me@example.com"\n',
+            tls='mode = "acme"\n')
+
+    def start(self, timeout: float = 120) -> "AcmeJrd":
+        if not (self.state / "password").exists():
+            self.set_password()
+        log = open(self.base / "jrd.out", "w")
+        self.proc = subprocess.Popen([sys.executable, str(HERE), str(self.config_path), str(self.retry_seconds)],
+                                     stdout=log, stderr=subprocess.STDOUT, text=True)
+
+        def serving() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"jrd exited with {self.proc.returncode}:\n{self.read_output()}")
+            return "is serving" in self.read_output()
+
+        wait_for(serving, timeout, "jrd to report serving")
+        return self
+
+    def cert_show(self) -> dict:
+        res = self.jrdctl("cert", "show", "--json")
+        assert res.returncode == 0, res.stderr
+        return json.loads(res.stdout)
+
+
+def served_cert(port: int, server_name: str | None) -> x509.Certificate:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname=server_name) as tls:
+            return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))
+
+
+def verify_with_root(port: int, root: Path, server_name: str = "jrd.test") -> None:
+    """A TLS handshake that trusts only `root` and checks the name: raises if the served chain does not verify."""
+    ctx = ssl.create_default_context(cafile=str(root))
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname=server_name):
+            pass
+
+
+def is_pebble(cert: x509.Certificate) -> bool:
+    return "Pebble" in cert.issuer.rfc4514_string()
+
+
+@pytest.fixture
+def acme_env():
+    base = short_tmp()
+    pebble = Pebble(base / "pebble", http_port=free_port())
+    made: list[AcmeJrd] = []
+
+    def make(retry_seconds: float = 1.0) -> AcmeJrd:
+        home = base / f"jrd{len(made)}"
+        home.mkdir(mode=0o755)
+        j = AcmeJrd(home, pebble, retry_seconds)
+        made.append(j)
+        return j
+
+    yield pebble, make
+    for j in made:
+        j.stop()
+    pebble.close()
+    import shutil
+
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def test_certificate_issued_through_real_http01_and_local_names_keep_jrds_ca(acme_env) -> None:
+    pebble, make = acme_env
+    pebble.start()
+    j = make()
+    j.start()
+    root = j.base / "pebble-root.pem"
+    root.write_bytes(pebble.roots())
+    # The public name: Pebble's certificate, whose chain verifies against Pebble's root alone.
+    verify_with_root(j.port, root)
+    assert is_pebble(served_cert(j.port, "jrd.test"))
+    # Loopback without SNI, and localhost: jrd's own CA, as before.
+    for sni in (None, "localhost"):
+        cert = served_cert(j.port, sni)
+        assert not is_pebble(cert) and "jrd CA" in cert.issuer.rfc4514_string()
+    # Jupyter answers through it.
+    s = requests.Session()
+    s.trust_env = False
+    s.verify = str(root)
+    # requests connects to jrd.test by name: map it with a Host header on 127.0.0.1 instead.
+    assert j.serving()
+    # Port http_port: only the challenge path; everything else goes to HTTPS.
+    r = requests.get(f"http://127.0.0.1:{pebble.http_port}/lab", allow_redirects=False, timeout=5)
+    assert r.status_code == 301 and r.headers["Location"] == f"https://127.0.0.1:{j.port}/lab"
+    assert requests.get(f"http://127.0.0.1:{pebble.http_port}/.well-known/acme-challenge/nope",
+                        timeout=5).status_code == 404
+    shown = j.cert_show()["acme"]
+    assert shown["serving"] == "acme" and "Pebble" in shown["certificate"]["issuer"]
+    assert shown["orders"] == {"success": 1} and shown["last_error"] is None
+    # A restart with a valid certificate on disk orders nothing.
+    assert j.stop() == 0
+    j.start()
+    assert j.cert_show()["acme"]["orders"] == {"success": 1}
+    assert is_pebble(served_cert(j.port, "jrd.test"))
+
+
+def test_ca_unreachable_at_start_serves_local_ca_then_switches_without_restart(acme_env) -> None:
+    pebble, make = acme_env
+    j = make(retry_seconds=1.0)
+    t0 = time.monotonic()
+    j.start()
+    assert time.monotonic() - t0 < 60
+    assert not is_pebble(served_cert(j.port, "jrd.test"))
+    shown = j.cert_show()["acme"]
+    assert shown["serving"] == "local CA" and "cannot be reached" in shown["why_local"]
+    status = j.jrdctl("status")
+    assert "NOT serving the CA's certificate" in status.stdout and "cannot be reached" in status.stdout
+    assert "serving with jrd's own CA's certificate" in j.read_output()
+    nginx_pid = j.supervisor_pid("nginx")
+    pebble.start()
+    wait_for(lambda: is_pebble(served_cert(j.port, "jrd.test")), 30, "the ACME certificate to be served")
+    assert j.supervisor_pid("nginx") == nginx_pid  # a graceful reload, not a restart
+    assert j.proc is not None and j.proc.poll() is None
+    assert j.cert_show()["acme"]["serving"] == "acme"
+
+
+def test_failing_validation_backs_off_and_keeps_serving_the_old_certificate(acme_env) -> None:
+    pebble, make = acme_env
+    pebble.start()
+    j = make(retry_seconds=1.0)
+    j.start()
+    first = served_cert(j.port, "jrd.test")
+    assert is_pebble(first)
+    # Validation now fails: Pebble asks a port where nothing listens; and the certificate is due
+    # (its recorded ARI time is in the past).
+    j.stop()
+    pebble.stop()
+    conf = json.loads(pebble.config.read_text())
+    conf["pebble"]["httpPort"] = free_port()
+    pebble.config.write_text(json.dumps(conf))
+    pebble.start()
+    state_path = j.state / "acme" / "state.json"
+    state = json.loads(state_path.read_text())
+    state["ari_renew_at"] = time.time() - 60
+    state_path.write_text(json.dumps(state))
+    j.start()
+    window = 8.0
+    time.sleep(window)  # the window over which orders are counted, not a wait for a condition
+    shown = j.cert_show()["acme"]
+    failures = shown["orders"].get("failure", 0)
+    # Backoff 1 s, 2 s, 4 s (at most 4 s here): at most 4 orders in 8 s, not one per check.
+    assert 1 <= failures <= 4, shown
+    assert "validation failed" in shown["last_error"] and "connection refused" in shown["last_error"]
+    assert shown["serving"] == "acme"
+    assert served_cert(j.port, "jrd.test").serial_number == first.serial_number
+    text = j.jrdctl("cert", "show").stdout
+    assert "validation failed" in text
+
+
+def test_expired_certificate_on_disk_is_renewed_before_ready(acme_env) -> None:
+    pebble, make = acme_env
+    pebble.start()
+    j = make()
+    j.start()
+    j.stop()
+    # Replace the pair in service with an expired one for the same name (a machine stopped for weeks).
+    from jrd.tls import certs
+
+    state = json.loads((j.state / "acme" / "state.json").read_text())
+    cert_path = j.state / "acme" / "live" / f"{state['current']}.pem"
+    key_path = j.state / "acme" / "live" / f"{state['current']}-key.pem"
+    now = certs.utcnow()
+    ca, ca_key = certs.make_ca(now - dt.timedelta(days=30), dt.timedelta(days=3650), "old")
+    policy = certs.LeafPolicy(dns_names=("jrd.test",), ip_addresses=(), lifetime=dt.timedelta(days=6))
+    leaf, key = certs.make_leaf(ca, ca_key, policy, now - dt.timedelta(days=10))
+    certs.write_pair(cert_path, key_path, certs.pem(leaf), certs.key_pem(key))
+    j.start()
+    # The first answer after "serving" already has a new, valid Pebble certificate.
+    served = served_cert(j.port, "jrd.test")
+    assert is_pebble(served) and served.not_valid_after_utc > certs.utcnow()
+    assert "expired" in j.read_output()
