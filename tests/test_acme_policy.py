@@ -108,3 +108,45 @@ def test_nginx_serves_the_acme_pair_by_sni_and_jrds_own_for_local_names(tmp_path
     assert ["jrd.example.com"] in names and any("localhost" in a and "127.0.0.1" in a for a in names)
     certs_ = [a[0] for d, a in nginx_directives(conf) if d == "ssl_certificate"]
     assert str(tmp_path / "a.pem") in certs_ and len(certs_) == 2
+
+
+def _servers(conf: str) -> list[list[tuple[str, list[str]]]]:
+    """The directives of each `server { ... }` block at the http level, in order."""
+    from render_parsers import nginx_directives
+
+    out: list[list[tuple[str, list[str]]]] = []
+    for name, args in nginx_directives(conf):
+        if name == "server" and args == ["{"]:
+            out.append([])
+        elif out:
+            out[-1].append((name, args))
+    return out
+
+
+@pytest.mark.parametrize("listen, loopback", [('"0.0.0.0", "[::]"', ["127.0.0.1:8443", "[::1]:8443"]),
+                                              ('"203.0.113.9", "127.0.0.1"', ["127.0.0.1:8443"])])
+def test_with_a_public_ip_in_the_acme_certificate_loopback_keeps_jrds_ca_by_address(tmp_path, listen,
+                                                                                    loopback) -> None:
+    """No SNI (a visit by IP address): the public addresses' default server has the CA's pair, loopback's jrd's."""
+    from dataclasses import replace
+
+    from test_render import inputs
+
+    from jrd.render import render_nginx_conf
+    from jrd.render.base import AcmeServing
+
+    base = inputs(f'[nginx]\nport = 8443\nlisten = [{listen}]\n[tls]\nmode = "acme"\nip_addresses = ["8.8.8.8"]\n'
+                  '[acme]\nhttp_port = 8080\n')
+    conf = render_nginx_conf(replace(base, acme=AcmeServing(tmp_path / "chal", 8080, tmp_path / "a.pem",
+                                                            tmp_path / "a-key.pem", ("8.8.8.8",))))
+    defaults = {}
+    for block in _servers(conf):
+        listens = [a for d, a in block if d == "listen"]
+        cert = next((a[0] for d, a in block if d == "ssl_certificate"), "jrd's own")
+        if any("default_server" in a for a in listens):
+            defaults[cert] = [a[0] for a in listens]
+        elif any(d == "location" for d, _ in block) and listens[0][0].endswith(":8443"):
+            # Both Jupyter servers answer on every address, so that SNI picks the pair anywhere.
+            assert [a[0] for a in listens if a[0] in loopback] == loopback
+    assert defaults["jrd's own"] == loopback
+    assert defaults[str(tmp_path / "a.pem")] and not set(defaults[str(tmp_path / "a.pem")]) & set(loopback)
