@@ -150,3 +150,54 @@ def test_with_a_public_ip_in_the_acme_certificate_loopback_keeps_jrds_ca_by_addr
             assert [a[0] for a in listens if a[0] in loopback] == loopback
     assert defaults["jrd's own"] == loopback
     assert defaults[str(tmp_path / "a.pem")] and not set(defaults[str(tmp_path / "a.pem")]) & set(loopback)
+
+
+def test_a_forced_order_keeps_the_backoff_and_the_weekly_count() -> None:
+    from jrd.tls.acme_policy import forced_order_refused
+
+    timing = Timing()
+    assert forced_order_refused([], 0, None, T0, timing) == ""
+    failed = forced_order_refused([], 2, T0 - dt.timedelta(minutes=10), T0, timing)
+    assert "the last order failed (2 in a row)" in failed and "2026-03-01 00:20:00" in failed
+    assert forced_order_refused([], 2, T0 - dt.timedelta(minutes=31), T0, timing) == ""
+    days = [T0 - dt.timedelta(days=d) for d in (6, 3, 2, 1)]
+    refused = forced_order_refused(days, 0, None, T0, timing)
+    assert "4 certificates were issued in the last 7 days" in refused and "2026-03-02 00:00:00" in refused
+    assert forced_order_refused(days[1:], 0, None, T0, timing) == ""
+    assert forced_order_refused(days, 0, None, T0 + dt.timedelta(days=1, seconds=1), timing) == ""
+
+
+class _Ctx:
+    """Just what AcmeService's schedule and order start touch."""
+
+    def __init__(self, config, layout):
+        self.config, self.layout, self.scheduled = config, layout, []
+
+    def schedule(self, name, delay, fn) -> None:
+        self.scheduled.append((name, delay))
+
+    def submit(self, *a, **kw) -> None:
+        pass
+
+
+def test_a_clock_jump_or_renew_looks_at_the_acme_certificate_at_once(tmp_path, monkeypatch) -> None:
+    """The daemon's certificate check (run at once after a clock jump) orders when due, not at the next timer."""
+    from jrd.layout import Layout
+    from jrd.tls.acme import AcmeStore
+    from jrd.tls.acme_service import AcmeService
+
+    cfg = parse_config(f'[tls]\nmode = "acme"\nnames = ["jrd.example.com"]\n[paths]\nstate_dir = "{tmp_path}/s"\n'
+                       f'runtime_dir = "{tmp_path}/r"\nlog_dir = "{tmp_path}/l"\n')
+    svc = AcmeService(wall=lambda: T0)
+    started: list[str] = []
+    monkeypatch.setattr(svc, "_start_order", lambda c, reason: started.append(reason))
+    svc.ctx = _Ctx(cfg, Layout.of(cfg))  # type: ignore[assignment]
+    svc.store = AcmeStore(tmp_path / "acme")
+    assert svc.check_certificates(False) == {"acme": {"ordered": False, "reason": "no ACME certificate yet"}}
+    assert started == ["no ACME certificate yet"]
+    started.clear()
+    assert svc.check_certificates(True) == {"acme": {"ordered": True, "reason": "forced"}}
+    svc.record.issued = [(T0 - dt.timedelta(hours=h)).timestamp() for h in (1, 2, 3, 4)]
+    out = svc.check_certificates(True)
+    assert out is not None and not out["acme"]["ordered"] and "last 7 days" in out["acme"]["reason"]
+    assert started == ["forced (jrdctl cert renew --force)"]
