@@ -18,21 +18,24 @@ is what a VM does, and 127.0.0.2 plays the VM's public address.
 from __future__ import annotations
 
 import datetime as dt
+import http.client
 import json
 import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 if __name__ != "__main__":
     import pytest
     import requests
+    import websocket
     from cryptography import x509
 
     from acme_support import Pebble, free_port
-    from conftest import Jrd, short_tmp, wait_for
+    from conftest import PASSWORD, Jrd, execute, short_tmp, wait_for
 
     pytestmark = pytest.mark.integration
 
@@ -275,3 +278,94 @@ def test_expired_certificate_on_disk_is_renewed_before_ready(acme_env) -> None:
     served = served_cert(j.port, "jrd.test")
     assert is_pebble(served) and served.not_valid_after_utc > certs.utcnow()
     assert "expired" in j.read_output()
+
+
+class IpLoad:
+    """Threads making HTTPS requests to the "public" address on fresh connections, trusting Pebble's root only."""
+
+    def __init__(self, port: int, root: Path, address: str = "127.0.0.2"):
+        self.port, self.root, self.address = port, root, address
+        self.stop_event = threading.Event()
+        self.ok = 0
+        self.failures: list[str] = []
+        self.serials: set[int] = set()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(2)]
+
+    def __enter__(self) -> "IpLoad":
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_event.set()
+        for t in self._threads:
+            t.join(30)
+
+    def _run(self) -> None:
+        ctx = ssl.create_default_context(cafile=str(self.root))
+        while not self.stop_event.is_set():
+            conn = http.client.HTTPSConnection(self.address, self.port, timeout=10, context=ctx)
+            try:
+                conn.connect()
+                serial = x509.load_der_x509_certificate(conn.sock.getpeercert(binary_form=True)).serial_number
+                conn.request("GET", "/api", headers={"Connection": "close"})
+                resp = conn.getresponse()
+                resp.read()
+                with self._lock:
+                    if resp.status == 200:
+                        self.ok += 1
+                        self.serials.add(serial)
+                    else:
+                        self.failures.append(f"HTTP {resp.status}")
+            except (OSError, http.client.HTTPException) as exc:
+                with self._lock:
+                    self.failures.append(f"{type(exc).__name__}: {exc}")
+            finally:
+                conn.close()
+
+
+def test_forced_acme_renewals_under_load_keep_requests_and_a_websocket(acme_env) -> None:
+    """`jrdctl cert renew --force` orders from the CA; new handshakes get it, nothing fails, a kernel's
+    websocket stays open across the reloads; past the weekly count a forced order is refused, saying why."""
+    pebble, make = acme_env
+    pebble.start()
+    j = make(public_ip="127.0.0.2")
+    j.start()
+    root = j.base / "pebble-root.pem"
+    root.write_bytes(pebble.roots())
+    base = f"https://127.0.0.2:{j.port}"
+    s = requests.Session()
+    s.trust_env = False
+    s.verify = str(root)
+    s.get(f"{base}/login", headers={"Connection": "close"})
+    r = s.post(f"{base}/login", data={"password": PASSWORD, "_xsrf": s.cookies.get("_xsrf")}, allow_redirects=False)
+    assert r.status_code == 302
+    s.headers["X-XSRFToken"] = s.cookies.get("_xsrf")
+    kernel = s.post(f"{base}/api/kernels", json={"name": "python3"}).json()
+    cookie = "; ".join(f"{c.name}={c.value}" for c in s.cookies)
+    ws = websocket.create_connection(
+        f"wss://127.0.0.2:{j.port}/api/kernels/{kernel['id']}/channels", sslopt={"ca_certs": str(root)},
+        cookie=cookie, origin=base, header=[f"X-XSRFToken: {s.cookies.get('_xsrf')}"], timeout=60)
+    try:
+        assert execute(ws, "x = 41; x") == "41"
+        with IpLoad(j.port, root) as load:
+            wait_for(lambda: load.ok >= 20, 30, "the load to get going")
+            served = served_cert(j.port, None, "127.0.0.2").serial_number
+            for _ in range(3):  # with the first order, 4 in the week: the most a forced order allows
+                res = j.jrdctl("cert", "renew", "--force")
+                assert res.returncode == 0 and "ACME: ordering a new certificate" in res.stdout, res
+                old = served
+                wait_for(lambda: served_cert(j.port, None, "127.0.0.2").serial_number != old, 30,
+                         "the new certificate to be served")
+                served = served_cert(j.port, None, "127.0.0.2").serial_number
+                wait_for(lambda: served in load.serials, 10, "the load to get the new certificate")
+        failed = len(load.failures)
+        assert load.failures == [], f"{failed} of {load.ok + failed} requests failed: {load.failures[:5]}"
+        assert len(load.serials) >= 4
+        assert ws.connected and execute(ws, "x + 1") == "42"
+    finally:
+        ws.close()
+    refused = j.jrdctl("cert", "renew", "--force")
+    assert refused.returncode == 1 and "4 certificates were issued in the last 7 days" in refused.stdout, refused
+    assert j.cert_show()["acme"]["orders"] == {"success": 4}
