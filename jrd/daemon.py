@@ -101,7 +101,7 @@ class Daemon:
             programs=self.programs, ledger=self.ledger, reloader=self.reloader, certificates=self.certificates,
             layout=self.layout, jupyter_api=self.jupyter_api, config=lambda: self.running.config,
             status=self.status, reload_later=self._reload_later, after_cert_check=self._schedule_cert_check,
-            idle=next((e for e in self.extensions if isinstance(e, IdleGuard)), None),
+            idle=next((e for e in self.extensions if isinstance(e, IdleGuard)), None), extensions=self.extensions,
         )
         self.serving = serving.ServingCheck(lambda: self.running.config, self.ledger, self.bus.post,
                                             self.timers.schedule, self.supervision.crash_loops)

@@ -9,6 +9,7 @@ Hooks run on the main loop, in this order:
     contribute(inputs)  at every build, pure: add to what is rendered
     start(ctx)          once, after supervisord answers: start threads, timers, handlers
     config_changed(old, new)   after a reload applied a new config
+    check_certificates(force)  `jrdctl cert renew [--force]`, and at once after a clock jump
     stop()              once, at shutdown, in reverse order
 
 Threads an extension starts act only by `ctx.submit` (the one command path)
@@ -70,6 +71,10 @@ class Extension:
 
     def config_changed(self, old: "Config", new: "Config") -> None:
         pass
+
+    def check_certificates(self, force: bool) -> dict[str, Any] | None:
+        """Look at the extension's own certificates now (renew if due, or if `force`); what to report."""
+        return None
 
     def stop(self) -> None:
         pass

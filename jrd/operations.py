@@ -8,11 +8,13 @@ time they get here: the control socket checked them.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any, Callable
 
 from jrd import logs, passwords, states
 from jrd.config import Config
 from jrd.errors import JrdError, SupervisorError
+from jrd.extension import Extension
 from jrd.idle import IdleGuard
 from jrd.jupyter import JupyterClient
 from jrd.layout import Layout
@@ -29,7 +31,7 @@ class Operations:
                  certificates: CertManager, layout: Layout, jupyter_api: JupyterClient,
                  config: Callable[[], Config], status: Callable[[], dict[str, Any]],
                  reload_later: Callable[[str], None], after_cert_check: Callable[[], None],
-                 idle: IdleGuard | None = None):
+                 idle: IdleGuard | None = None, extensions: Sequence[Extension] = ()):
         self._programs = programs
         self._ledger = ledger
         self._reloader = reloader
@@ -41,6 +43,7 @@ class Operations:
         self._status = status
         self._after_cert_check = after_cert_check
         self._idle = idle
+        self._extensions = extensions
 
     def status(self) -> dict[str, Any]:
         return self._status()
@@ -89,21 +92,31 @@ class Operations:
         return self._reloader.run(source, reply_expected)
 
     def renew_cert(self, force: bool, reply_expected: bool = True) -> dict[str, Any]:
-        """Renew the leaf if due (or forced); only nginx reloads, never Jupyter."""
+        """Renew the leaf if due (or forced), and what extensions hold (ACME); only nginx reloads, never Jupyter.
+
+        Also what the daemon runs at once after a clock jump (a wake from a suspend or a long stop).
+        """
+        extra: dict[str, Any] = {}
+        for ext in self._extensions:
+            try:
+                extra.update(ext.check_certificates(force) or {})
+            except Exception:
+                log.exception("%s could not check its certificates", type(ext).__name__)
         try:
             if self._config().external_tls:
                 state = self._certificates.check_external(self._config())
                 if state.get("changed"):
                     # The file watcher normally reloads on a change; this catches a missed event.
                     self._reload_later("certificate check")
-                return {"renewed": False, "reason": "certificates are external; their owner renews them", **state}
-            return self._certificates.renew(self._config(), self._layout, force=force,
-                                            reload_nginx=self._nginx().reload)
+                return {"renewed": False, "reason": "certificates are external; their owner renews them", **state,
+                        **extra}
+            return {**self._certificates.renew(self._config(), self._layout, force=force,
+                                               reload_nginx=self._nginx().reload), **extra}
         except JrdError:
             if reply_expected:
                 raise
             # The manager has counted and logged the failure once; a timer has no one to tell.
-            return {"renewed": False, "error": self._certificates.record.last_error}
+            return {"renewed": False, "error": self._certificates.record.last_error, **extra}
         finally:
             self._after_cert_check()
 

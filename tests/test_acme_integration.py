@@ -6,39 +6,51 @@ second (production never goes below 15 minutes).  Pebble validates
 http-01 by connecting to jrd's `[acme] http_port`, where jrd's own
 responder (before nginx starts) or nginx answers.  Names resolve to
 127.0.0.1 through pebble-challtestsrv's DNS.
+
+An IP address in the certificate: a public CA certifies only global
+addresses (`Config.acme_identifiers`), and this machine may have none that
+Pebble can reach, so the harness may count loopback addresses other than
+127.0.0.1 (127.0.0.2) as public; Pebble 2.4 issues for any IP identifier and
+validates it by connecting to it.  nginx then listens on the wildcard, which
+is what a VM does, and 127.0.0.2 plays the VM's public address.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import http.client
 import json
 import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 if __name__ != "__main__":
     import pytest
     import requests
+    import websocket
     from cryptography import x509
 
     from acme_support import Pebble, free_port
-    from conftest import Jrd, short_tmp, wait_for
+    from conftest import PASSWORD, Jrd, execute, short_tmp, wait_for
 
     pytestmark = pytest.mark.integration
 
 HERE = Path(__file__).resolve()
 
 
-def harness_main(config_path: str, retry_seconds: str) -> int:
+def harness_main(config_path: str, retry_seconds: str, public_ips: str = "") -> int:
     from jrd.app import build_daemon
     from jrd.cli import setup_logging
-    from jrd.config import load_config
+    from jrd.config import Config, load_config
     from jrd.tls.acme_policy import Timing
     from jrd.tls.acme_service import AcmeService
 
+    if public_ips:
+        count_as_public(Config, tuple(public_ips.split(",")))
     path = Path(config_path)
     setup_logging("info")
     daemon = build_daemon(load_config(path), lambda: load_config(path), interactive=True)
@@ -49,8 +61,19 @@ def harness_main(config_path: str, retry_seconds: str) -> int:
     return daemon.run()
 
 
+def count_as_public(config_class: type, addresses: tuple[str, ...]) -> None:
+    """Test only: `addresses` (loopback ones, here) among [tls] ip_addresses are certified as if public."""
+    plain = config_class.acme_identifiers.fget  # type: ignore[attr-defined]
+
+    def acme_identifiers(self):  # type: ignore[no-untyped-def]
+        names, ips = plain(self)
+        return names, (*ips, *(i for i in self.tls.ip_addresses if i in addresses and i not in ips))
+
+    config_class.acme_identifiers = property(acme_identifiers)  # type: ignore[attr-defined]
+
+
 if __name__ == "__main__":
-    sys.exit(harness_main(sys.argv[1], sys.argv[2]))
+    sys.exit(harness_main(*sys.argv[1:]))
 
 
 # --- test side -----------------------------------------------------------------------------
@@ -59,21 +82,28 @@ if __name__ == "__main__":
 class AcmeJrd(Jrd):
     """A jrd in ACME mode for the name jrd.test, started through the harness."""
 
-    def __init__(self, base: Path, pebble: "Pebble", retry_seconds: float = 1.0):
+    def __init__(self, base: Path, pebble: "Pebble", retry_seconds: float = 1.0, public_ip: str = ""):
         self.pebble = pebble
         self.retry_seconds = retry_seconds
+        self.public_ip = public_ip
         super().__init__(base)
-        self.write_config(
+        text = self.config_text(
             f'[acme]\ndirectory_url = "{pebble.directory_url}"\ndirectory_ca_file = "{pebble.tls_ca}"\n'
             f'http_port = {pebble.http_port}\nemail = "me@example.com"\n',
             tls='mode = "acme"\n')
+        if public_ip:
+            # The wildcard, as on a VM: the address connected to (127.0.0.1 or the "public" one) picks
+            # the certificate for a client that sends no SNI.
+            assert f'ip_addresses = ["{public_ip}"]' in text
+            text = text.replace('listen = ["127.0.0.1"]\nport', 'listen = ["0.0.0.0"]\nport', 1)
+        self.config_path.write_text(text)
 
     def start(self, timeout: float = 120) -> "AcmeJrd":
         if not (self.state / "password").exists():
             self.set_password()
         log = open(self.base / "jrd.out", "w")
-        self.proc = subprocess.Popen([sys.executable, str(HERE), str(self.config_path), str(self.retry_seconds)],
-                                     stdout=log, stderr=subprocess.STDOUT, text=True)
+        self.proc = subprocess.Popen([sys.executable, str(HERE), str(self.config_path), str(self.retry_seconds),
+                                      self.public_ip], stdout=log, stderr=subprocess.STDOUT, text=True)
 
         def serving() -> bool:
             if self.proc.poll() is not None:
@@ -89,19 +119,19 @@ class AcmeJrd(Jrd):
         return json.loads(res.stdout)
 
 
-def served_cert(port: int, server_name: str | None) -> x509.Certificate:
+def served_cert(port: int, server_name: str | None, address: str = "127.0.0.1") -> x509.Certificate:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+    with socket.create_connection((address, port), timeout=10) as raw:
         with ctx.wrap_socket(raw, server_hostname=server_name) as tls:
             return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))
 
 
-def verify_with_root(port: int, root: Path, server_name: str = "jrd.test") -> None:
+def verify_with_root(port: int, root: Path, server_name: str = "jrd.test", address: str = "127.0.0.1") -> None:
     """A TLS handshake that trusts only `root` and checks the name: raises if the served chain does not verify."""
     ctx = ssl.create_default_context(cafile=str(root))
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+    with socket.create_connection((address, port), timeout=10) as raw:
         with ctx.wrap_socket(raw, server_hostname=server_name):
             pass
 
@@ -116,10 +146,10 @@ def acme_env():
     pebble = Pebble(base / "pebble", http_port=free_port())
     made: list[AcmeJrd] = []
 
-    def make(retry_seconds: float = 1.0) -> AcmeJrd:
+    def make(retry_seconds: float = 1.0, public_ip: str = "") -> AcmeJrd:
         home = base / f"jrd{len(made)}"
         home.mkdir(mode=0o755)
-        j = AcmeJrd(home, pebble, retry_seconds)
+        j = AcmeJrd(home, pebble, retry_seconds, public_ip)
         made.append(j)
         return j
 
@@ -133,24 +163,30 @@ def acme_env():
 
 
 def test_certificate_issued_through_real_http01_and_local_names_keep_jrds_ca(acme_env) -> None:
+    """A name and an IP address, validated by real http-01; loopback, by name or bare address, keeps jrd's CA."""
     pebble, make = acme_env
     pebble.start()
-    j = make()
+    j = make(public_ip="127.0.0.2")
     j.start()
     root = j.base / "pebble-root.pem"
     root.write_bytes(pebble.roots())
     # The public name: Pebble's certificate, whose chain verifies against Pebble's root alone.
     verify_with_root(j.port, root)
     assert is_pebble(served_cert(j.port, "jrd.test"))
-    # Loopback without SNI, and localhost: jrd's own CA, as before.
+    # The "public" address, connected to by address (no SNI, as a browser does for an IP): Pebble's too.
+    issued = served_cert(j.port, None, "127.0.0.2")
+    assert is_pebble(issued)
+    assert [str(a) for a in issued.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            .get_values_for_type(x509.IPAddress)] == ["127.0.0.2"]
+    # Loopback without SNI (https://127.0.0.1:PORT/lab), and localhost: jrd's own CA, as before.
     for sni in (None, "localhost"):
         cert = served_cert(j.port, sni)
         assert not is_pebble(cert) and "jrd CA" in cert.issuer.rfc4514_string()
-    # Jupyter answers through it.
+    # Jupyter answers on both, each with its own certificate checked.
     s = requests.Session()
     s.trust_env = False
-    s.verify = str(root)
-    # requests connects to jrd.test by name: map it with a Host header on 127.0.0.1 instead.
+    assert s.get(f"https://127.0.0.2:{j.port}/api", verify=str(root), timeout=10).status_code == 200
+    assert s.get(f"https://127.0.0.1:{j.port}/api", verify=str(j.ca), timeout=10).status_code == 200
     assert j.serving()
     # Port http_port: only the challenge path; everything else goes to HTTPS.
     r = requests.get(f"http://127.0.0.1:{pebble.http_port}/lab", allow_redirects=False, timeout=5)
@@ -242,3 +278,94 @@ def test_expired_certificate_on_disk_is_renewed_before_ready(acme_env) -> None:
     served = served_cert(j.port, "jrd.test")
     assert is_pebble(served) and served.not_valid_after_utc > certs.utcnow()
     assert "expired" in j.read_output()
+
+
+class IpLoad:
+    """Threads making HTTPS requests to the "public" address on fresh connections, trusting Pebble's root only."""
+
+    def __init__(self, port: int, root: Path, address: str = "127.0.0.2"):
+        self.port, self.root, self.address = port, root, address
+        self.stop_event = threading.Event()
+        self.ok = 0
+        self.failures: list[str] = []
+        self.serials: set[int] = set()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(2)]
+
+    def __enter__(self) -> "IpLoad":
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_event.set()
+        for t in self._threads:
+            t.join(30)
+
+    def _run(self) -> None:
+        ctx = ssl.create_default_context(cafile=str(self.root))
+        while not self.stop_event.is_set():
+            conn = http.client.HTTPSConnection(self.address, self.port, timeout=10, context=ctx)
+            try:
+                conn.connect()
+                serial = x509.load_der_x509_certificate(conn.sock.getpeercert(binary_form=True)).serial_number
+                conn.request("GET", "/api", headers={"Connection": "close"})
+                resp = conn.getresponse()
+                resp.read()
+                with self._lock:
+                    if resp.status == 200:
+                        self.ok += 1
+                        self.serials.add(serial)
+                    else:
+                        self.failures.append(f"HTTP {resp.status}")
+            except (OSError, http.client.HTTPException) as exc:
+                with self._lock:
+                    self.failures.append(f"{type(exc).__name__}: {exc}")
+            finally:
+                conn.close()
+
+
+def test_forced_acme_renewals_under_load_keep_requests_and_a_websocket(acme_env) -> None:
+    """`jrdctl cert renew --force` orders from the CA; new handshakes get it, nothing fails, a kernel's
+    websocket stays open across the reloads; past the weekly count a forced order is refused, saying why."""
+    pebble, make = acme_env
+    pebble.start()
+    j = make(public_ip="127.0.0.2")
+    j.start()
+    root = j.base / "pebble-root.pem"
+    root.write_bytes(pebble.roots())
+    base = f"https://127.0.0.2:{j.port}"
+    s = requests.Session()
+    s.trust_env = False
+    s.verify = str(root)
+    s.get(f"{base}/login", headers={"Connection": "close"})
+    r = s.post(f"{base}/login", data={"password": PASSWORD, "_xsrf": s.cookies.get("_xsrf")}, allow_redirects=False)
+    assert r.status_code == 302
+    s.headers["X-XSRFToken"] = s.cookies.get("_xsrf")
+    kernel = s.post(f"{base}/api/kernels", json={"name": "python3"}).json()
+    cookie = "; ".join(f"{c.name}={c.value}" for c in s.cookies)
+    ws = websocket.create_connection(
+        f"wss://127.0.0.2:{j.port}/api/kernels/{kernel['id']}/channels", sslopt={"ca_certs": str(root)},
+        cookie=cookie, origin=base, header=[f"X-XSRFToken: {s.cookies.get('_xsrf')}"], timeout=60)
+    try:
+        assert execute(ws, "x = 41; x") == "41"
+        with IpLoad(j.port, root) as load:
+            wait_for(lambda: load.ok >= 20, 30, "the load to get going")
+            served = served_cert(j.port, None, "127.0.0.2").serial_number
+            for _ in range(3):  # with the first order, 4 in the week: the most a forced order allows
+                res = j.jrdctl("cert", "renew", "--force")
+                assert res.returncode == 0 and "ACME: ordering a new certificate" in res.stdout, res
+                old = served
+                wait_for(lambda: served_cert(j.port, None, "127.0.0.2").serial_number != old, 30,
+                         "the new certificate to be served")
+                served = served_cert(j.port, None, "127.0.0.2").serial_number
+                wait_for(lambda: served in load.serials, 10, "the load to get the new certificate")
+        failed = len(load.failures)
+        assert load.failures == [], f"{failed} of {load.ok + failed} requests failed: {load.failures[:5]}"
+        assert len(load.serials) >= 4
+        assert ws.connected and execute(ws, "x + 1") == "42"
+    finally:
+        ws.close()
+    refused = j.jrdctl("cert", "renew", "--force")
+    assert refused.returncode == 1 and "4 certificates were issued in the last 7 days" in refused.stdout, refused
+    assert j.cert_show()["acme"]["orders"] == {"success": 4}

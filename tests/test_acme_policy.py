@@ -108,3 +108,96 @@ def test_nginx_serves_the_acme_pair_by_sni_and_jrds_own_for_local_names(tmp_path
     assert ["jrd.example.com"] in names and any("localhost" in a and "127.0.0.1" in a for a in names)
     certs_ = [a[0] for d, a in nginx_directives(conf) if d == "ssl_certificate"]
     assert str(tmp_path / "a.pem") in certs_ and len(certs_) == 2
+
+
+def _servers(conf: str) -> list[list[tuple[str, list[str]]]]:
+    """The directives of each `server { ... }` block at the http level, in order."""
+    from render_parsers import nginx_directives
+
+    out: list[list[tuple[str, list[str]]]] = []
+    for name, args in nginx_directives(conf):
+        if name == "server" and args == ["{"]:
+            out.append([])
+        elif out:
+            out[-1].append((name, args))
+    return out
+
+
+@pytest.mark.parametrize("listen, loopback", [('"0.0.0.0", "[::]"', ["127.0.0.1:8443", "[::1]:8443"]),
+                                              ('"203.0.113.9", "127.0.0.1"', ["127.0.0.1:8443"])])
+def test_with_a_public_ip_in_the_acme_certificate_loopback_keeps_jrds_ca_by_address(tmp_path, listen,
+                                                                                    loopback) -> None:
+    """No SNI (a visit by IP address): the public addresses' default server has the CA's pair, loopback's jrd's."""
+    from dataclasses import replace
+
+    from test_render import inputs
+
+    from jrd.render import render_nginx_conf
+    from jrd.render.base import AcmeServing
+
+    base = inputs(f'[nginx]\nport = 8443\nlisten = [{listen}]\n[tls]\nmode = "acme"\nip_addresses = ["8.8.8.8"]\n'
+                  '[acme]\nhttp_port = 8080\n')
+    conf = render_nginx_conf(replace(base, acme=AcmeServing(tmp_path / "chal", 8080, tmp_path / "a.pem",
+                                                            tmp_path / "a-key.pem", ("8.8.8.8",))))
+    defaults = {}
+    for block in _servers(conf):
+        listens = [a for d, a in block if d == "listen"]
+        cert = next((a[0] for d, a in block if d == "ssl_certificate"), "jrd's own")
+        if any("default_server" in a for a in listens):
+            defaults[cert] = [a[0] for a in listens]
+        elif any(d == "location" for d, _ in block) and listens[0][0].endswith(":8443"):
+            # Both Jupyter servers answer on every address, so that SNI picks the pair anywhere.
+            assert [a[0] for a in listens if a[0] in loopback] == loopback
+    assert defaults["jrd's own"] == loopback
+    assert defaults[str(tmp_path / "a.pem")] and not set(defaults[str(tmp_path / "a.pem")]) & set(loopback)
+
+
+def test_a_forced_order_keeps_the_backoff_and_the_weekly_count() -> None:
+    from jrd.tls.acme_policy import forced_order_refused
+
+    timing = Timing()
+    assert forced_order_refused([], 0, None, T0, timing) == ""
+    failed = forced_order_refused([], 2, T0 - dt.timedelta(minutes=10), T0, timing)
+    assert "the last order failed (2 in a row)" in failed and "2026-03-01 00:20:00" in failed
+    assert forced_order_refused([], 2, T0 - dt.timedelta(minutes=31), T0, timing) == ""
+    days = [T0 - dt.timedelta(days=d) for d in (6, 3, 2, 1)]
+    refused = forced_order_refused(days, 0, None, T0, timing)
+    assert "4 certificates were issued in the last 7 days" in refused and "2026-03-02 00:00:00" in refused
+    assert forced_order_refused(days[1:], 0, None, T0, timing) == ""
+    assert forced_order_refused(days, 0, None, T0 + dt.timedelta(days=1, seconds=1), timing) == ""
+
+
+class _Ctx:
+    """Just what AcmeService's schedule and order start touch."""
+
+    def __init__(self, config, layout):
+        self.config, self.layout, self.scheduled = config, layout, []
+
+    def schedule(self, name, delay, fn) -> None:
+        self.scheduled.append((name, delay))
+
+    def submit(self, *a, **kw) -> None:
+        pass
+
+
+def test_a_clock_jump_or_renew_looks_at_the_acme_certificate_at_once(tmp_path, monkeypatch) -> None:
+    """The daemon's certificate check (run at once after a clock jump) orders when due, not at the next timer."""
+    from jrd.layout import Layout
+    from jrd.tls.acme import AcmeStore
+    from jrd.tls.acme_service import AcmeService
+
+    cfg = parse_config(f'[tls]\nmode = "acme"\nnames = ["jrd.example.com"]\n[paths]\nstate_dir = "{tmp_path}/s"\n'
+                       f'runtime_dir = "{tmp_path}/r"\nlog_dir = "{tmp_path}/l"\n')
+    svc = AcmeService(wall=lambda: T0)
+    started: list[str] = []
+    monkeypatch.setattr(svc, "_start_order", lambda c, reason: started.append(reason))
+    svc.ctx = _Ctx(cfg, Layout.of(cfg))  # type: ignore[assignment]
+    svc.store = AcmeStore(tmp_path / "acme")
+    assert svc.check_certificates(False) == {"acme": {"ordered": False, "reason": "no ACME certificate yet"}}
+    assert started == ["no ACME certificate yet"]
+    started.clear()
+    assert svc.check_certificates(True) == {"acme": {"ordered": True, "reason": "forced"}}
+    svc.record.issued = [(T0 - dt.timedelta(hours=h)).timestamp() for h in (1, 2, 3, 4)]
+    out = svc.check_certificates(True)
+    assert out is not None and not out["acme"]["ordered"] and "last 7 days" in out["acme"]["reason"]
+    assert started == ["forced (jrdctl cert renew --force)"]

@@ -57,7 +57,14 @@ def test_each_template_shows_its_whole_file() -> None:
     templates = resources.files("jrd.render").joinpath("templates")
     assert "[eventlistener:jrd-events]" in templates.joinpath("supervisord.conf.tmpl").read_text()
     nginx = templates.joinpath("nginx.conf.tmpl").read_text()
-    assert "location = /jrd/ca.pem" in nginx and "limit_req_zone" in nginx
+    assert "limit_req_zone" in nginx and "upstream jupyter" in nginx
+    # Each server block is a template of its own, filled once per use (the Jupyter server once per
+    # certificate in [tls] mode = "acme"): whole blocks, not pieces cut out of a rendered file.
+    for name, shows in (("nginx_jupyter_server.tmpl", "location = /jrd/ca.pem"),
+                        ("nginx_default_server.tmpl", "return 421"),
+                        ("nginx_http01_server.tmpl", "/.well-known/acme-challenge/")):
+        block = templates.joinpath(name).read_text()
+        assert shows in block and block.count("    server {") == 1 and block.rstrip().endswith("}")
 
 
 def test_login_attempts_are_rate_limited_at_nginx_by_default() -> None:

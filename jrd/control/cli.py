@@ -294,10 +294,18 @@ def cmd_renew(client: Client, args: argparse.Namespace) -> int:
     result = client.call("renew_cert", force=args.force)
     if args.json:
         emit_json(result)
-    elif result.get("renewed"):
+        return EXIT_OK
+    if result.get("renewed"):
         print(f"Certificate renewed ({result.get('reason', '')}); nginx reloaded gracefully.")
     else:
         print(f"Not renewed: {result.get('reason', '')}. Use --force to renew anyway.")
+    acme = result.get("acme")
+    if acme and acme.get("ordered"):
+        print(f"ACME: ordering a new certificate ({acme.get('reason', '')}); it is installed with a graceful "
+              "nginx reload when the CA issues it: see `jrdctl cert show`.")
+    elif acme and args.force:
+        print(f"ACME: no new certificate ordered: {acme.get('reason', '')}.")
+        return EXIT_FAILED
     return EXIT_OK
 
 

@@ -78,40 +78,10 @@ RESTARTING_JSON = json.dumps({
 def render_nginx_conf(inp: RenderInputs) -> str:
     cfg, layout = inp.config, inp.layout
     ng = cfg.nginx
-    build = inp.nginx_build
     modules = brotli_modules(inp)
-    heal = build.has("http_sub")
-    static = inp.static_bundles
-    precompressed = []
-    if modules:
-        precompressed.append("            brotli_static on;")
-    if build.has("http_gzip_static"):
-        precompressed.append("            gzip_static on;")
-    http2_directive = build.version >= (1, 25, 1)
-    http2 = " http2" if ng.http2 and not http2_directive else ""
-    http2_on = "\n        http2 on;" if ng.http2 and http2_directive else ""
-    listen = "\n".join(f"        listen {addr}:{ng.port} ssl{http2};" for addr in ng.listen) + http2_on
-    listen_default = "\n".join(
-        f"        listen {addr}:{ng.port} ssl{http2} default_server;" for addr in ng.listen
-    ) + http2_on
-    public = layout.nginx_public_dir
     login_limit = ng.login_rate_per_minute > 0
-    acme = inp.acme
-    acme_pair = acme is not None and acme.cert is not None and acme.key is not None
-    acme_tls = default_tls = ""
-    server_hosts = cfg.accepted_hosts
-    if acme_pair:
-        assert acme is not None and acme.cert is not None and acme.key is not None
-        acme_tls = (f"        ssl_certificate {nginx_str(acme.cert)};\n"
-                    f"        ssl_certificate_key {nginx_str(acme.key)};\n")
-        server_hosts = tuple(h for h in cfg.accepted_hosts if h not in acme.hosts)
-        # Without SNI (a client that asked for an IP address) the default server's certificate is
-        # used: the CA's when it certifies a public address, else jrd's own.
-        if any(":" in h or h.replace(".", "").isdigit() for h in acme.hosts):
-            default_tls = acme_tls
     values = dict(
         source=source_name(inp),
-        source_text=_message_text(cfg.source or "built-in defaults"),
         pid_file=nginx_str(layout.nginx_pid_file),
         error_log_level="info" if cfg.log.level == "debug" else "notice",
         user_line=f"user {nginx_str(inp.nginx_worker_user)};" if inp.running_as_root else "",
@@ -123,14 +93,129 @@ def render_nginx_conf(inp: RenderInputs) -> str:
         temp_scgi=nginx_str(layout.nginx_temp_dir / "scgi"),
         cert_file=nginx_str(inp.cert_file),
         key_file=nginx_str(inp.key_file),
-        acme_http=acme is not None,
-        acme_http_listen="\n".join(f"        listen {a}:{acme.http_port};" for a in ng.listen) if acme else "",
-        acme_challenge_dir=nginx_str(f"{acme.challenge_dir}/") if acme else "",
-        https_port="" if ng.port == 443 else f":{ng.port}",
         gzip="on" if ng.gzip else "off",
         load_modules="".join(f"load_module {nginx_str(m)};\n" for m in modules),
         compress_types=COMPRESS_TYPES,
         brotli=bool(modules),
+        login_limit=login_limit,
+        login_key=nginx_str(f"POST:{cfg.jupyter.base_url}login"),
+        login_rate=ng.login_rate_per_minute,
+        login_burst=ng.login_burst,
+        jupyter_port=cfg.jupyter.port,
+        status_listen=nginx_str(f"unix:{layout.nginx_status_socket}"),
+    )
+    return fill(template("nginx.conf.tmpl"), **values, servers="\n".join(_servers(inp)))
+
+
+def _servers(inp: RenderInputs) -> list[str]:
+    """The HTTPS server blocks (and the http-01 one), each filled from its own template.
+
+    [tls] mode = "acme" with a pair in service: the Jupyter server twice, once for the CA's names and
+    addresses with the CA's pair (SNI or the Host picks it) and once for the rest with jrd's own.
+    A client that connects by IP address sends no SNI and gets the certificate of the default
+    server for the address it connected to; when the CA's certificate holds a public address,
+    loopback is therefore listened on by address too (nginx prefers a server on the exact address
+    to one on the wildcard, and still opens only the wildcard socket), with jrd's own certificate.
+    """
+    cfg = inp.config
+    ng = cfg.nginx
+    acme = inp.acme
+    pair = (acme.cert, acme.key) if acme is not None and acme.cert is not None and acme.key is not None else None
+    source_text = _message_text(cfg.source or "built-in defaults")
+    if pair is None:
+        return [_default_server(inp, ng.listen, "", source_text), *_http01_server(inp),
+                _jupyter_server(inp, ng.listen, cfg.accepted_hosts, "")]
+    assert acme is not None
+    acme_tls = f"        ssl_certificate {nginx_str(pair[0])};\n        ssl_certificate_key {nginx_str(pair[1])};\n"
+    local_hosts = tuple(h for h in cfg.accepted_hosts if h not in acme.hosts)
+    if not any(_is_ip(h) for h in acme.hosts):
+        defaults = [_default_server(inp, ng.listen, "", source_text)]
+        listen = ng.listen
+    else:
+        public, loopback = _split_loopback(ng.listen, acme.hosts)
+        defaults = [_default_server(inp, public, acme_tls, source_text)] if public else []
+        if loopback:
+            defaults.append(_default_server(inp, loopback, "", source_text))
+        listen = (*public, *loopback)
+    return [*defaults, *_http01_server(inp),
+            _jupyter_server(inp, listen, acme.hosts, acme_tls),
+            _jupyter_server(inp, listen, local_hosts, "")]
+
+
+def _split_loopback(listen: tuple[str, ...], acme_hosts: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """([nginx] listen without its loopback addresses, the loopback addresses to listen on by themselves).
+
+    A wildcard brings its family's loopback address (127.0.0.1, [::1]); a loopback address that the
+    CA's certificate holds (only a test sets that up) counts as public.
+    """
+    public: list[str] = []
+    loopback: list[str] = []
+    for addr in listen:
+        if addr in ("0.0.0.0", "*", "[::]"):
+            public.append(addr)
+            lo = "[::1]" if addr == "[::]" else "127.0.0.1"
+            if lo.strip("[]") not in acme_hosts:
+                loopback.append(lo)
+        elif ipaddress.ip_address(addr.strip("[]")).is_loopback and addr.strip("[]") not in acme_hosts:
+            loopback.append(addr)
+        else:
+            public.append(addr)
+    return tuple(dict.fromkeys(public)), tuple(dict.fromkeys(loopback))
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _listen_lines(inp: RenderInputs, addrs: tuple[str, ...], port: int, suffix: str, https: bool = True) -> str:
+    ng = inp.config.nginx
+    if not https:
+        return "\n".join(f"        listen {addr}:{port}{suffix};" for addr in addrs)
+    http2_directive = inp.nginx_build.version >= (1, 25, 1)
+    http2 = " http2" if ng.http2 and not http2_directive else ""
+    http2_on = "\n        http2 on;" if ng.http2 and http2_directive else ""
+    return "\n".join(f"        listen {addr}:{port} ssl{http2}{suffix};" for addr in addrs) + http2_on
+
+
+def _default_server(inp: RenderInputs, addrs: tuple[str, ...], tls: str, source_text: str) -> str:
+    return fill(template("nginx_default_server.tmpl"), source_text=source_text, tls=tls,
+                listen=_listen_lines(inp, addrs, inp.config.nginx.port, " default_server"))
+
+
+def _http01_server(inp: RenderInputs) -> list[str]:
+    acme, ng = inp.acme, inp.config.nginx
+    if acme is None:
+        return []
+    return [fill(template("nginx_http01_server.tmpl"),
+                 listen=_listen_lines(inp, ng.listen, acme.http_port, "", https=False),
+                 challenge_dir=nginx_str(f"{acme.challenge_dir}/"),
+                 https_port="" if ng.port == 443 else f":{ng.port}")]
+
+
+def _jupyter_server(inp: RenderInputs, addrs: tuple[str, ...], hosts: tuple[str, ...], tls: str) -> str:
+    cfg, public = inp.config, inp.layout.nginx_public_dir
+    ng = cfg.nginx
+    static = inp.static_bundles
+    heal = inp.nginx_build.has("http_sub")
+    precompressed = []
+    if brotli_modules(inp):
+        precompressed.append("            brotli_static on;")
+    if inp.nginx_build.has("http_gzip_static"):
+        precompressed.append("            gzip_static on;")
+    return fill(
+        template("nginx_jupyter_server.tmpl"),
+        listen=_listen_lines(inp, addrs, ng.port, ""),
+        server_names=_names(hosts),
+        tls=tls,
+        client_max_body_size=ng.client_max_body_size,
+        serve_ca_pem=inp.ca_pem is not None,
+        ca_pem_file=nginx_str(public / "ca.pem"),
+        serve_ca_mobileconfig=inp.ca_mobileconfig is not None,
+        ca_mobileconfig_file=nginx_str(public / "ca.mobileconfig"),
         retry_after=RETRY_AFTER,
         restarting_html_file=nginx_str(public / "restarting.html"),
         restarting_json_file=nginx_str(public / "restarting.json"),
@@ -141,31 +226,10 @@ def render_nginx_conf(inp: RenderInputs) -> str:
         static_url=nginx_str(f"{cfg.jupyter.base_url}static/lab/"),
         static_bundles_dir=nginx_str(f"{static}/"),
         static_precompressed="\n".join(precompressed),
-        jupyter_port=cfg.jupyter.port,
-        login_limit=login_limit,
-        login_key=nginx_str(f"POST:{cfg.jupyter.base_url}login"),
-        login_rate=ng.login_rate_per_minute,
+        login_limit=ng.login_rate_per_minute > 0,
         login_burst=ng.login_burst,
-        listen_default=listen_default,
-        listen=listen,
-        client_max_body_size=ng.client_max_body_size,
-        serve_ca_pem=inp.ca_pem is not None,
-        ca_pem_file=nginx_str(public / "ca.pem"),
-        serve_ca_mobileconfig=inp.ca_mobileconfig is not None,
-        ca_mobileconfig_file=nginx_str(public / "ca.mobileconfig"),
         proxy_timeout=ng.proxy_timeout_seconds,
-        status_listen=nginx_str(f"unix:{layout.nginx_status_socket}"),
-        default_tls=default_tls,
     )
-    conf = fill(template("nginx.conf.tmpl"), **values, server_names=_names(server_hosts), server_tls="")
-    if not acme_pair:
-        return conf
-    assert acme is not None
-    # The same Jupyter server again, for the CA's names with the CA's certificate.
-    other = fill(template("nginx.conf.tmpl"), **values, server_names=_names(acme.hosts), server_tls=acme_tls)
-    begin, end = "    # The Jupyter server.", "    # End of the Jupyter server.\n"
-    block = other[other.index(begin):other.index(end)]
-    return conf.replace(end, end + block, 1)
 
 
 def _names(hosts: tuple[str, ...]) -> str:

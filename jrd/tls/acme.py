@@ -66,6 +66,7 @@ class AcmeRecord:
     profile: str = ""
     ari_renew_at: float | None = None
     ari_checked: float | None = None
+    issued: list[float] = field(default_factory=list)  # Unix times of the last week's certificates
 
 
 class AcmeStore:

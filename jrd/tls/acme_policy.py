@@ -17,6 +17,10 @@ RENEW_WHEN_REMAINING = 1 / 3
 # holds at most 3 failed orders (0, 15, 45 min), under the CA's 5 failed validations.
 RETRY_FIRST = dt.timedelta(minutes=15)
 RETRY_MAX = dt.timedelta(hours=6)
+# `jrdctl cert renew --force` orders at most this many certificates a week: one below Let's
+# Encrypt's 5 for the same identifiers, which leaves room for the automatic renewal.
+FORCED_PER_WEEK = 4
+WEEK = dt.timedelta(days=7)
 SHORTLIVED = "shortlived"
 
 
@@ -26,6 +30,7 @@ class Timing:
 
     retry_first: dt.timedelta = RETRY_FIRST
     retry_max: dt.timedelta = RETRY_MAX
+    forced_per_week: int = FORCED_PER_WEEK
 
     def retry_delay(self, failures: int) -> dt.timedelta:
         """The wait after `failures` failed orders in a row (0: none)."""
@@ -82,6 +87,24 @@ def next_attempt(due: Due, failures: int, last_failure: dt.datetime | None, timi
     if failures and last_failure is not None:
         at = max(at, last_failure + timing.retry_delay(failures))
     return at
+
+
+def forced_order_refused(issued: list[dt.datetime], failures: int, last_failure: dt.datetime | None,
+                         now: dt.datetime, timing: Timing) -> str:
+    """Why a forced order (`jrdctl cert renew --force`) must wait, or "" when it may go now.
+
+    It still keeps the backoff after failures and the weekly count of certificates, so that
+    repeating the command cannot run into the CA's rate limits.
+    """
+    if failures and last_failure is not None and now < last_failure + timing.retry_delay(failures):
+        return (f"the last order failed ({failures} in a row); the next is allowed at "
+                f"{last_failure + timing.retry_delay(failures):%Y-%m-%d %H:%M:%S} UTC")
+    recent = sorted(t for t in issued if now - WEEK < t <= now)
+    if len(recent) >= timing.forced_per_week:
+        return (f"{len(recent)} certificates were issued in the last 7 days (the CA allows 5 for the same "
+                f"names a week); the next forced order is allowed at "
+                f"{recent[-timing.forced_per_week] + WEEK:%Y-%m-%d %H:%M:%S} UTC")
+    return ""
 
 
 def choose_profile(setting: str, offered: dict[str, str] | None, has_ip: bool) -> str | None:

@@ -10,8 +10,11 @@ An extension (see jrd.extension):
 - `contribute`, at every build: the ACME pair in service, if it may be
   served, for nginx (`RenderInputs.acme`); the http-01 server block always.
 - a timer on the main loop checks `acme_policy.renewal_due` and the backoff
-  every `CHECK_SECONDS` (so a suspend or clock jump is noticed within that),
-  and runs an order in a thread when one is due; the thread only submits
+  every `CHECK_SECONDS`, and at once after a clock jump (a wake from a
+  suspend or a stopped VM: `check_certificates`, which the daemon's
+  certificate check calls), and runs an order in a thread when one is due;
+  `jrdctl cert renew --force` orders at once within the backoff and the
+  weekly count (`acme_policy.forced_order_refused`); the thread only submits
   `acme_result`, whose handler installs the pair and asks for a reload (the
   new pair's file name changes nginx.conf: a tested, graceful nginx reload).
 
@@ -44,7 +47,7 @@ from jrd.tls.acme import (
     order_certificate,
     read_verify,
 )
-from jrd.tls.acme_policy import Due, Timing, next_attempt, renewal_due
+from jrd.tls.acme_policy import WEEK, Due, Timing, forced_order_refused, next_attempt, renewal_due
 
 if TYPE_CHECKING:
     from jrd.config import Config
@@ -129,6 +132,26 @@ class AcmeService(Extension):
         if new.acme_tls and (old.tls != new.tls or old.acme != new.acme):
             self._schedule(0.0)
 
+    def check_certificates(self, force: bool) -> dict[str, Any] | None:
+        """`jrdctl cert renew [--force]` and a clock jump: look now; forced, order now unless refused."""
+        if self.ctx is None or not self.ctx.config.acme_tls:
+            return None
+        if not force:
+            self._check()
+            return {"acme": {"ordered": self._thread is not None, "reason": self._due.reason if self._due else ""}}
+        if self._thread is not None:
+            return {"acme": {"ordered": True, "reason": "an order is already running"}}
+        with self._lock:
+            rec = self.record
+            last = dt.datetime.fromtimestamp(rec.last_failure, dt.timezone.utc) if rec.last_failure else None
+            issued = [dt.datetime.fromtimestamp(t, dt.timezone.utc) for t in rec.issued]
+        refused = forced_order_refused(issued, rec.consecutive_failures, last, self._wall(), self.timing)
+        if refused:
+            log.warning("not ordering a new ACME certificate now: %s", refused)
+            return {"acme": {"ordered": False, "reason": refused}}
+        self._start_order(self.ctx.config, "forced (jrdctl cert renew --force)")
+        return {"acme": {"ordered": True, "reason": "forced"}}
+
     def stop(self) -> None:
         # An order in flight is abandoned: its thread is a daemon thread and submits to a bus nobody reads.
         pass
@@ -159,14 +182,17 @@ class AcmeService(Extension):
         due, at = self._plan(cfg)
         now = self._wall()
         if due.due and now >= at and self._thread is None:
-            log.info("ordering a new certificate from %s (%s)", cfg.acme.directory_url, due.reason)
-            self._thread = threading.Thread(target=self._order, args=(cfg,), name="acme-order", daemon=True)
-            self._thread.start()
+            self._start_order(cfg, due.reason)
         if due.urgent and self._servable(cfg) is None and self._contributed:
             # The one nginx serves expired (a suspend, a clock jump): fall back to jrd's own CA now.
             self.ctx.submit("reload", "the ACME certificate expired")
         wait = (at - now).total_seconds() if now < at else self.check_seconds
         self._schedule(min(self.check_seconds, max(1.0, wait)))
+
+    def _start_order(self, cfg: "Config", reason: str) -> None:
+        log.info("ordering a new certificate from %s (%s)", cfg.acme.directory_url, reason)
+        self._thread = threading.Thread(target=self._order, args=(cfg,), name="acme-order", daemon=True)
+        self._thread.start()
 
     def _order(self, cfg: "Config") -> None:
         """In its own thread: one order; the result goes back to the main loop."""
@@ -208,6 +234,7 @@ class AcmeService(Extension):
             rec.current, rec.profile, rec.ari_renew_at = serial, issued.profile, issued.ari_renew_at
             rec.consecutive_failures, rec.last_error, rec.last_failure, rec.last_success = 0, "", None, now
             rec.orders["success"] = rec.orders.get("success", 0) + 1
+            rec.issued = [t for t in rec.issued if t > now - WEEK.total_seconds()] + [now]
         self.store.save_record(rec)
         self.store.prune({serial, previous})
         self._logged_error = ""
