@@ -88,6 +88,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         ips=tuple(args.ip) if args.ip is not None else None,
         user=args.user, root_dir=args.root_dir, port=args.port, state_dir=args.state_dir,
         password_stdin=args.password_stdin, yes=args.yes, force=args.force, new_ca=args.new_ca,
+        acme=args.acme, email=args.email, acme_directory=args.acme_directory,
     )
     return init.run_init(opts)
 
@@ -148,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
             "(devices stay trusted) unless --new-ca is given.\n\n"
             "examples:\n  jrd init\n"
             "  echo 'long passphrase' | jrd init --yes --password-stdin --name vm.example.com --ip 203.0.113.7 "
-            "--user jupyter\n  jrd init --force --port 9443")
+            "--user jupyter\n  jrd init --force --port 9443\n"
+            "  jrd init --acme --email me@example.com --name vm.example.com --ip 203.0.113.7")
     p.add_argument("--name", action="append", metavar="NAME",
                    help="a DNS name for the certificate (repeat, or comma-separated; '-' for none)")
     p.add_argument("--ip", action="append", metavar="ADDRESS",
@@ -163,6 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-y", "--yes", action="store_true", help="ask nothing: take the flags given and the suggestions")
     p.add_argument("--force", action="store_true", help="set up again over an existing config (keeps the CA)")
     p.add_argument("--new-ca", action="store_true", help="make a new CA: every device must trust it again")
+    p.add_argument("--acme", action="store_true", help="a certificate every device trusts, from Let's Encrypt "
+                   "(or --acme-directory) for the public names and addresses; port 80 must reach this machine")
+    p.add_argument("--email", help="with --acme: the contact address the CA writes to about expiring certificates")
+    p.add_argument("--acme-directory", metavar="URL", help="with --acme: another ACME CA's directory URL "
+                   "(default: Let's Encrypt; staging: https://acme-staging-v02.api.letsencrypt.org/directory)")
     p = add("doctor", cmd_doctor, "check what usually goes wrong; one line per check, with the fix",
             "exit status: 0 when no check found a problem (warnings allowed), 1 when one did.\n\n"
             "examples:\n  jrd doctor\n  jrd doctor --json | jq '.findings[] | select(.level == \"problem\")'")

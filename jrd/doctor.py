@@ -376,17 +376,73 @@ def _serial(der: bytes) -> str:
         return "unreadable"
 
 
-def _served_der(m: Machine) -> bytes:
+def _served_der(m: Machine, name: str | None = None) -> bytes:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
-    name = (m.config.tls.names or ("localhost",))[0]
+    if name is None:
+        # In ACME mode the public names get the CA's certificate; the local one is served for localhost.
+        name = "localhost" if m.config.acme_tls else (m.config.tls.names or ("localhost",))[0]
     with socket.create_connection((m.config.local_probe_host, m.config.nginx.port), timeout=PROBE_TIMEOUT) as raw:
         with ctx.wrap_socket(raw, server_hostname=name) as tls:
             der = tls.getpeercert(binary_form=True)
     if not der:
         raise ssl.SSLError("nginx sent no certificate")
     return der
+
+
+def check_acme(m: Machine) -> list[Finding]:
+    """ACME mode: the http-01 port is jrd's, and the certificate served for the public name is the CA's one on disk."""
+    if not m.config.acme_tls:
+        return []
+    from jrd.tls.acme import AcmeStore
+
+    port = m.config.acme.http_port
+    holder = leftovers.tcp_listener(port)
+    out: list[Finding] = []
+    if m.running:
+        master = leftovers.read_pid(m.layout.nginx_pid_file)
+        verdict = port_verdict(port, holder, master, _pgid(holder[0]) if holder else None)
+        out.append(Finding("http-01 port", verdict.level, verdict.message.replace("port ", "the http-01 port ", 1),
+                           verdict.fix))
+    elif holder is not None:
+        out.append(Finding("http-01 port", PROBLEM, f"the http-01 port {port} is held by {holder[1]} (pid "
+                           f"{holder[0]}), so the CA cannot validate this machine",
+                           f"stop it (`systemctl disable --now nginx` if it is Debian's nginx) or set [acme] "
+                           f"http_port{m.on}"))
+    else:
+        out.append(Finding("http-01 port", OK, f"the http-01 port {port} is free for jrd's nginx"))
+    store = AcmeStore(m.layout.acme_dir)
+    pair = store.current_pair(store.load_record())
+    if pair is None:
+        out.append(Finding("ACME certificate", WARNING, "no certificate from the CA yet; jrd serves its own CA's "
+                           "certificate until one is issued", "see `jrdctl cert show` for the last order's error"))
+        return out
+    acme_der = pair[2].public_bytes(serialization.Encoding.DER)
+    out.append(acme_served_verdict(_served_der(m, acme_sni(m.config)) if m.running and acme_sni(m.config) else None,
+                                   acme_der, pair[2], m.now))
+    return out
+
+
+def acme_sni(config: Config) -> str | None:
+    names, _ = config.acme_identifiers
+    return names[0] if names else None
+
+
+def acme_served_verdict(served: bytes | None, acme_der: bytes, cert: x509.Certificate, now: dt.datetime) -> Finding:
+    left = (cert.not_valid_after_utc - now).total_seconds() / 86400
+    issuer = cert.issuer.rfc4514_string()
+    if left <= 0:
+        return Finding("ACME certificate", PROBLEM, f"the certificate from {issuer} expired {-left:.1f} days ago",
+                       "see `jrdctl cert show` for why renewing fails; `jrdctl cert renew --force`")
+    if served is None:
+        return Finding("ACME certificate", OK, f"a certificate from {issuer} is on disk, {left:.1f} days left")
+    if served != acme_der:
+        return Finding("ACME certificate", PROBLEM, f"nginx serves another certificate for the public name (serial "
+                       f"{_serial(served)}) than the CA's on disk (serial {_serial(acme_der)})",
+                       "`jrdctl restart nginx`; if it stays, see `jrdctl cert show`")
+    return Finding("ACME certificate", OK, f"nginx serves the certificate from {issuer} for the public name, "
+                   f"{left:.1f} days left")
 
 
 def check_notebook_dir(m: Machine) -> list[Finding]:
@@ -539,8 +595,8 @@ def _user(uid: int) -> str:
 
 CHECKS: tuple[Callable[[Machine], list[Finding]], ...] = (
     check_rendered, check_gateway, check_running, check_supervisord, check_answers, check_ports,
-    check_distro_nginx, check_certificates, check_served, check_notebook_dir, check_modes, check_firewall,
-    check_clock,
+    check_distro_nginx, check_certificates, check_served, check_acme, check_notebook_dir, check_modes,
+    check_firewall, check_clock,
 )
 
 

@@ -267,6 +267,10 @@ class Options:
     yes: bool = False
     force: bool = False
     new_ca: bool = False
+    # A publicly trusted certificate over ACME ([tls] mode = "acme"), with these [acme] keys when given.
+    acme: bool = False
+    email: str | None = None
+    acme_directory: str | None = None
 
 
 @dataclass
@@ -423,9 +427,23 @@ def plan(opts: Options, console: Console, now: dt.datetime, *, as_root: bool, ho
             raise UsageError(f"the account {user!r} does not exist; create it (`useradd --create-home {user}`) "
                              "or choose another, and run jrd init again")
 
+    acme = base.acme
+    tls_mode = base.tls.mode
+    if opts.acme or opts.email is not None or opts.acme_directory is not None:
+        if not opts.acme and tls_mode != "acme":
+            raise UsageError("--email and --acme-directory go with --acme (a certificate from an ACME CA such as "
+                             "Let's Encrypt); add --acme")
+        tls_mode = "acme"
+        acme = dataclasses.replace(
+            acme,
+            email=_checked("--email", "acme", "email", opts.email) if opts.email is not None else acme.email,
+            directory_url=_checked("--acme-directory", "acme", "directory_url", opts.acme_directory)
+            if opts.acme_directory is not None else acme.directory_url,
+        )
     desired = dataclasses.replace(
         base,
-        tls=dataclasses.replace(base.tls, names=names, ip_addresses=ips),
+        tls=dataclasses.replace(base.tls, names=names, ip_addresses=ips, mode=tls_mode),
+        acme=acme,
         nginx=dataclasses.replace(base.nginx, port=port),
         jupyter=dataclasses.replace(base.jupyter, user=user, root_dir=root_dir),
         paths=dataclasses.replace(base.paths, state_dir=state_dir),
@@ -546,6 +564,13 @@ def report(o: Outcome, opts: Options, fw: firewall.Firewall | None, now: dt.date
         sans = ", ".join(certs.describe(o.leaf, now)["sans"])  # type: ignore[arg-type]
         lines.append(f"Certificate for {sans}, valid until {o.leaf.not_valid_after_utc:%Y-%m-%d}"
                      + (" (issued now)" if o.issued else " (kept)"))
+    if config.acme_tls:
+        names, ips = config.acme_identifiers
+        public = ", ".join((*names, *ips)) or "none (only loopback or private ones are configured)"
+        lines.append(f"ACME: jrd orders a certificate every device trusts from {config.acme.directory_url} for "
+                     f"{public} when it starts; the CA connects to port 80 of those to validate (http-01), so "
+                     f"let TCP port 80 in too. Until it is issued, and for loopback, jrd's own CA's certificate "
+                     f"is served. `jrdctl cert show` tells how it goes.")
     lines.append(o.password_note)
     host = config.local_probe_host if ":" not in config.local_probe_host else f"[{config.local_probe_host}]"
     local = config.url.replace(config.url.split("/")[2], f"{host}:{config.nginx.port}")

@@ -177,6 +177,33 @@ def test_served_certificate_compared_by_der() -> None:
     assert f.level == PROBLEM and format(b.serial_number, "x") in f.message and "jrdctl restart nginx" in f.fix
 
 
+def test_acme_certificate_served_expired_or_another() -> None:
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    _, acme = ca_and_leaf(NOW - 2 * DAY, days=6, names=("vm.example.com",))
+    _, local = ca_and_leaf(NOW)
+    der, local_der = acme.public_bytes(Encoding.DER), local.public_bytes(Encoding.DER)
+    ok = doctor.acme_served_verdict(der, der, acme, NOW)
+    assert ok.level == OK and "for the public name, 4.0 days left" in ok.message
+    assert doctor.acme_served_verdict(None, der, acme, NOW).level == OK  # not running: only what is on disk
+    other = doctor.acme_served_verdict(local_der, der, acme, NOW)
+    assert other.level == PROBLEM and format(local.serial_number, "x") in other.message and other.fix
+    expired = doctor.acme_served_verdict(der, der, acme, NOW + 5 * DAY)
+    assert expired.level == PROBLEM and "expired 1.0 days ago" in expired.message
+
+
+def test_acme_checks_are_only_for_acme_mode(tmp_path: Path) -> None:
+    from jrd.config import parse_config
+    from jrd.layout import Layout
+
+    cfg = parse_config(f'[paths]\nstate_dir = "{tmp_path}/s"\nruntime_dir = "{tmp_path}/r"\n')
+    assert doctor.check_acme(doctor.Machine(cfg, Layout.of(cfg), NOW)) == []
+    acme = parse_config(f'[tls]\nmode = "acme"\nnames = ["vm.example.com"]\n[acme]\nhttp_port = 1\n'
+                        f'[paths]\nstate_dir = "{tmp_path}/s"\nruntime_dir = "{tmp_path}/r"\n')
+    found = doctor.check_acme(doctor.Machine(acme, Layout.of(acme), NOW))
+    assert [(f.name, f.level) for f in found] == [("http-01 port", OK), ("ACME certificate", WARNING)], found
+
+
 def test_port_and_distro_nginx() -> None:
     assert doctor.port_verdict(8888, (101, "nginx"), 100, 100).level == OK  # a worker of jrd's master
     other = doctor.port_verdict(8888, (555, "python3"), 100, 555)

@@ -270,6 +270,25 @@ def test_bad_answers_are_one_sentence_before_anything_changes(tmp_path: Path, op
     assert list(tmp_path.iterdir()) == []
 
 
+def test_acme_is_chosen_with_its_keys_and_nothing_else(tmp_path: Path) -> None:
+    user = ensure_test_user()
+    opts = init.Options(config_path=tmp_path / "jrd.toml", yes=True, names=("vm.example.com",),
+                        ips=("93.184.216.34",), user=user, acme=True, email="me@example.com")
+    p = plan(opts, console([])[0])
+    assert p.config.tls.mode == "acme" and p.config.acme.email == "me@example.com"
+    assert p.config.acme_identifiers == (("vm.example.com",), ("93.184.216.34",))
+    written = config_module.parse_config(p.text, base=config_module.system_defaults("vm"))
+    assert written.tls.mode == "acme" and written.acme.email == "me@example.com"
+    assert written.acme.directory_url == config_module.AcmeConfig().directory_url
+    assert 'mode = "acme"' in p.text and "directory_url" not in p.text  # only what differs
+    with pytest.raises(UsageError, match="--email and --acme-directory go with --acme"):
+        plan(init.Options(config_path=tmp_path / "jrd.toml", yes=True, user=user, email="me@example.com"),
+             console([])[0])
+    with pytest.raises(UsageError, match="--email 'not an address' is invalid"):
+        plan(init.Options(config_path=tmp_path / "jrd.toml", yes=True, user=user, acme=True, email="not an address"),
+             console([])[0])
+
+
 def test_a_missing_account_needs_root_or_a_yes(tmp_path: Path) -> None:
     c, _ = console(["n"])
     ghost = f"jrdghost{uuid.uuid4().hex[:6]}"
