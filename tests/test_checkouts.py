@@ -149,11 +149,12 @@ def test_make_run_from_a_checkout_in_a_0700_directory(tmp: Path) -> None:
     """Like root's home: jrd keeps its files in /var/lib/jrd-dev, the notebooks in ~jupyter, and says so."""
     closed = Path(tempfile.mkdtemp(prefix="jrd-home-", dir="/var/tmp"))  # root's, mode 0700
     checkout = closed / "jrd"
-    copy_checkout(checkout)
     places = dev_places(checkout, as_root=True)
-    assert places.closed_by == closed and places.home.is_relative_to(Path("/var/lib/jrd-dev"))
+    notebooks_existed = places.notebooks.exists()
     run = None
     try:
+        copy_checkout(checkout)
+        assert places.closed_by == closed and places.home.is_relative_to(Path("/var/lib/jrd-dev"))
         run = make_run(checkout, tmp)
         assert f"Other accounts cannot enter {checkout} ({closed} is mode 0700)" in run.text()
         assert log_in_and_run_a_cell(run) == str(account_home("jupyter") / "notebooks")
@@ -165,6 +166,8 @@ def test_make_run_from_a_checkout_in_a_0700_directory(tmp: Path) -> None:
             stop(run)
         shutil.rmtree(closed, ignore_errors=True)
         shutil.rmtree(places.home, ignore_errors=True)
+        if not notebooks_existed and places.notebooks.is_dir() and not any(places.notebooks.iterdir()):
+            places.notebooks.rmdir()
     assert "jrd stopped" in run.text(), run.text()
 
 
