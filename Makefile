@@ -1,43 +1,55 @@
 # jrd: `make run` starts a working HTTPS JupyterLab; `make test` runs every test.
 # Both install what they need first (Debian packages through apt when run as root).
+#
+# As root, Jupyter runs as the `jupyter` account and must read the virtualenv. A checkout
+# that other accounts cannot enter (root's 0700 home) keeps its virtualenv and jrd's files in
+# /var/lib/jrd-dev/NAME instead, with .venv a link to it (see jrd/checkout.py); `make run`
+# says so.  `make run USE_VENV=DIR` runs with an existing virtualenv that has jrd, installing
+# nothing into it; `make run ARGS='--config FILE'` passes arguments to `jrd run --dev`.
 
 PYTHON ?= /usr/bin/python3
-VENV ?= .venv
-BIN := $(VENV)/bin
+WHERE = PYTHONPATH="$(CURDIR)" $(PYTHON) -m jrd.checkout
+VENV ?= $(or $(shell $(WHERE) venv 2>/dev/null),.venv)
+BIN := $(if $(USE_VENV),$(USE_VENV),$(VENV))/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: install system-deps run test unit bench lint clean
 
-install: system-deps $(STAMP)
+install: system-deps $(if $(USE_VENV),,$(STAMP))
 
 system-deps:
 	@scripts/install-system-deps runtime
 
+# umask 022: the Jupyter account must be able to read what root installs.
 $(STAMP): pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
-	@touch $(STAMP)
+	@test -x "$(VENV)/bin/python" || { umask 022 && $(PYTHON) -m venv "$(VENV)"; }
+	umask 022 && "$(VENV)/bin/python" -m pip install --quiet --upgrade pip
+	umask 022 && "$(VENV)/bin/python" -m pip install --quiet -e '.[test]'
+	@if [ "$(VENV)" != .venv ] && { [ -L .venv ] || [ ! -e .venv ]; }; then ln -sfn "$(VENV)" .venv; fi
+	@touch "$(STAMP)"
 
 # As root, Jupyter runs as the unprivileged `jupyter` account, never as root.
 run: install
 	@if [ "$$(id -u)" = 0 ] && ! id jupyter >/dev/null 2>&1; then \
 		useradd --create-home --shell /bin/bash jupyter && echo "created the account 'jupyter' for Jupyter to run as"; fi
-	$(BIN)/jrd run --dev
+	@"$(BIN)/python" -m jrd.checkout explain
+	"$(BIN)/jrd" run --dev $(ARGS)
 
 test: install
 	@scripts/install-system-deps test
-	$(BIN)/python -m pytest
+	"$(BIN)/python" -m pytest
 
 unit: install
-	$(BIN)/python -m pytest -m "not integration"
+	"$(BIN)/python" -m pytest -m "not integration"
 
 # Each benchmark starts its own jrd on loopback ports and prints a table; see docs/benchmarks.md.
 bench: install
-	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	@for b in bench/bench_*.py; do echo "== $$b"; "$(BIN)/python" $$b || exit 1; done
 
 lint: install
-	$(BIN)/python -m ruff check jrd tests bench
+	"$(BIN)/python" -m ruff check jrd tests bench
 
+# jrd's files outside the checkout too, if it keeps them there.
 clean:
-	rm -rf $(VENV) .jrd build *.egg-info
+	rm -rf "$(VENV)" .venv .jrd build *.egg-info
+	@home="$$($(WHERE) home)"; case $$home in /*) echo "rm -rf $$home"; rm -rf "$$home";; esac

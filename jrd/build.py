@@ -13,7 +13,6 @@ import datetime as dt
 import logging
 import os
 import pwd
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +58,7 @@ def gather_inputs(config: Config, layout: Layout, tls: TlsFiles, hashed_password
         jupyter_executable=preflight.find_jupyter(),
         nginx_executable=nginx_exe,
         nginx_build=nginx.probe(nginx_exe),
-        python_executable=Path(sys.executable),
+        python_executable=preflight.python_executable(),
         jupyter_account=preflight.jupyter_account(config),
         hashed_password=hashed_password,
         internal_token=token,
@@ -196,6 +195,8 @@ def make_dirs(inp: RenderInputs, create_root_dir: bool = True) -> None:
                 "yourself, owned by the Jupyter account, and under systemd allow writing to it with a drop-in "
                 "(`systemctl edit jrd`: [Service] ReadWritePaths=" + str(root_dir) + ")"
             ) from None
+    if root:
+        preflight.check_jupyter_reach(root_dir, inp.jupyter_executable, acct)
     if root_dir is not None and root_dir.exists() and not preflight.writable_by(root_dir, acct):
         # Jupyter starts and serves, but nothing can be saved: say so, and how to fix it.
         log.warning("the notebook dir %s is not writable by the Jupyter account %s: notebooks cannot be saved; "

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from jrd import checkout
+from jrd.checkout import DEV_JUPYTER_USER
 from jrd.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/jrd/jrd.toml")
@@ -839,21 +841,21 @@ def load_config(path: Path, base: Config | None = None) -> Config:
     return parse_config(text, source=path, base=base)
 
 
-DEV_JUPYTER_USER = "jupyter"
-
-
-def dev_defaults(project_dir: Path, hostname: str | None = None, as_root: bool | None = None) -> Config:
+def dev_defaults(project_dir: Path, hostname: str | None = None, as_root: bool | None = None,
+                 places: checkout.DevPlaces | None = None) -> Config:
     """The defaults `make run` uses: everything under the checkout, no file needed.
 
     As root, Jupyter runs as the `jupyter` account that `make run` creates,
-    never as root.
+    never as root; and if other accounts cannot enter the checkout, jrd's
+    files and the notebooks live where they can (see jrd.checkout).
     """
-    home = project_dir / ".jrd"
     hostname = hostname or socket.gethostname()
     names = (hostname.lower(),) if _HOSTNAME.match(hostname) else ()
     as_root = running_as_root() if as_root is None else as_root
+    places = places or checkout.dev_places(project_dir, as_root)
+    home = places.home
     return Config(
-        jupyter=JupyterConfig(root_dir=project_dir / "notebooks", user=DEV_JUPYTER_USER if as_root else ""),
+        jupyter=JupyterConfig(root_dir=places.notebooks, user=DEV_JUPYTER_USER if as_root else ""),
         tls=TlsConfig(names=names),
         paths=PathsConfig(state_dir=home / "state", runtime_dir=home / "run", log_dir=home / "log",
                           cache_dir=home / "cache"),

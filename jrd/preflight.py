@@ -13,6 +13,7 @@ import logging
 import os
 import pwd
 import socket
+import stat
 import sys
 from pathlib import Path
 
@@ -131,7 +132,13 @@ def check_ports(config: Config) -> None:
 
 
 def venv_bin() -> Path:
-    return Path(sys.executable).parent
+    """The bin dir of jrd's virtualenv, by its real path: the Jupyter account may not pass a link to it."""
+    return Path(sys.executable).parent.resolve()
+
+
+def python_executable() -> Path:
+    """jrd's Python, named by the real path of its virtualenv (not resolved further: that would leave it)."""
+    return venv_bin() / Path(sys.executable).name
 
 
 def find_jupyter() -> Path:
@@ -173,6 +180,45 @@ def nginx_worker_user() -> str:
         except KeyError:
             continue
     return "nobody"
+
+
+def closed_to(path: Path, account: Account) -> Path | None:
+    """The first directory on the way to `path` that `account` may not enter, by owner, group and mode bits."""
+    if account.uid == 0:
+        return None
+    groups = {account.gid, *os.getgrouplist(account.name, account.gid)}
+    for d in (*reversed(path.parents), path):
+        try:
+            st = os.stat(d)
+        except OSError:
+            return None  # made later, by jrd, with a mode that lets the account in
+        if not stat.S_ISDIR(st.st_mode):
+            return None
+        bit = 0o100 if st.st_uid == account.uid else 0o010 if st.st_gid in groups else 0o001
+        if not st.st_mode & bit:
+            return d
+    return None
+
+
+def check_jupyter_reach(root_dir: Path | None, jupyter_executable: Path, account: Account) -> None:
+    """The Jupyter account can enter its notebook dir and read the virtualenv it runs from.
+
+    Otherwise Jupyter dies at its start with EACCES (`couldn't chdir`); say
+    which directory keeps it out instead.  jrd never opens one up itself.
+    """
+    for what, path, fix in (
+        ("[jupyter] root_dir", root_dir,
+         "choose a root_dir the account can reach (leave it unset for the account's home)"),
+        ("jrd's virtualenv", jupyter_executable.parent.parent,
+         "install jrd where other accounts can read it (scripts/install-system, or `make run`, which does by itself)"),
+    ):
+        closed = closed_to(path, account) if path is not None else None
+        if closed is not None:
+            mode = stat.S_IMODE(os.stat(closed).st_mode)
+            raise PreflightError(
+                f"the Jupyter account '{account.name}' cannot reach {what} {path}: it may not enter {closed} "
+                f"(mode {mode:04o}, owner {pwd.getpwuid(os.stat(closed).st_uid).pw_name}); {fix}"
+            )
 
 
 def writable_by(path: Path, account: Account) -> bool:

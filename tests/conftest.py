@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import functools
 import json
 import os
@@ -24,7 +25,10 @@ import requests
 import websocket
 
 REPO = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
+# The venv by its real path: `.venv` may be a link into /var/lib/jrd-dev (jrd/checkout.py),
+# which other accounts can follow only from outside a 0700 checkout.
+BIN = Path(sys.executable).parent.resolve()
+PYTHON = str(BIN / Path(sys.executable).name)
 JRD = str(BIN / "jrd")
 JRDCTL = str(BIN / "jrdctl")
 TEST_USER = "jrdtest"
@@ -90,9 +94,35 @@ def ensure_test_user() -> str:
 def venv_usable_by(user: str) -> bool:
     if os.geteuid() != 0 or user == "root":
         return True
-    proc = subprocess.run(["runuser", "-u", user, "--", sys.executable, "-c", "import jupyter_server"],
+    proc = subprocess.run(["runuser", "-u", user, "--", PYTHON, "-c", "import jupyter_server"],
                           capture_output=True)
     return proc.returncode == 0
+
+
+@functools.cache
+def python_as(user: str) -> tuple[str, ...]:
+    """The command line by which root runs this venv's Python as `user`, with this checkout's jrd importable.
+
+    The venv's jrd is this checkout (an editable install).  From a checkout that
+    `user` cannot enter (root's 0700 home), `user` gets a copy of the package
+    instead, in a directory it may read.
+    """
+    argv = ("runuser", "-u", user, "--")
+    if subprocess.run([*argv, PYTHON, "-c", "import jrd.control.cli"], capture_output=True).returncode == 0:
+        return (*argv, PYTHON)
+    copy = Path(tempfile.mkdtemp(prefix="jrd-package-", dir="/tmp"))
+    copy.chmod(0o755)
+    shutil.copytree(REPO / "jrd", copy / "jrd", ignore=shutil.ignore_patterns("__pycache__"))
+    atexit.register(shutil.rmtree, copy, ignore_errors=True)
+    return (*argv, "env", f"PYTHONPATH={copy}", PYTHON)
+
+
+def jrdctl_as(user: str) -> list[str]:
+    """`jrdctl` run by `user` (see python_as)."""
+    python = python_as(user)
+    if python[-1] == PYTHON and "env" not in python:
+        return [*python[:-1], JRDCTL]
+    return [*python, "-c", "import sys; sys.argv[0] = 'jrdctl'; from jrd.control.cli import main; sys.exit(main())"]
 
 
 def pids_alive(pids: list[int]) -> list[int]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -106,10 +108,43 @@ def test_derived_hosts_include_loopback() -> None:
 
 
 def test_dev_defaults_keep_everything_in_the_checkout(tmp_path: Path) -> None:
-    cfg = dev_defaults(tmp_path, hostname="box", as_root=True)
-    assert cfg.paths.state_dir == tmp_path / ".jrd" / "state"
-    assert cfg.jupyter.user == "jupyter"
-    assert dev_defaults(tmp_path, hostname="box", as_root=False).jupyter.user == ""
+    open_dir = Path(tempfile.mkdtemp(prefix="jrd-checkout-", dir="/tmp"))
+    try:
+        open_dir.chmod(0o755)
+        cfg = dev_defaults(open_dir, hostname="box", as_root=True)
+        assert cfg.paths.state_dir == open_dir / ".jrd" / "state"
+        assert cfg.jupyter.root_dir == open_dir / "notebooks"
+        assert cfg.jupyter.user == "jupyter"
+    finally:
+        open_dir.rmdir()
+    # As another account, Jupyter runs as that account: a checkout of mode 0700 is no obstacle.
+    closed = tmp_path / "closed"
+    closed.mkdir(mode=0o700)
+    cfg = dev_defaults(closed, hostname="box", as_root=False)
+    assert cfg.jupyter.user == "" and cfg.paths.runtime_dir == closed / ".jrd" / "run"
+
+
+def test_dev_defaults_leave_a_checkout_other_accounts_cannot_enter(tmp_path: Path, request) -> None:
+    """As root, a checkout in a 0700 directory keeps nothing that Jupyter or nginx's workers must reach."""
+    from jrd.checkout import DEV_HOMES, dev_places
+
+    base = Path(tempfile.mkdtemp(prefix="jrd-checkout-", dir="/tmp"))
+    base.chmod(0o755)  # pytest's own tmp_path is under a 0700 directory
+    parent = base / "home"
+    parent.mkdir(mode=0o700)
+    (parent / "my jrd").mkdir(mode=0o755)
+    request.addfinalizer(lambda: shutil.rmtree(base))
+    places = dev_places(parent / "my jrd", as_root=True, jupyter_home=Path("/home/someone"))
+    cfg = dev_defaults(parent / "my jrd", hostname="box", as_root=True, places=places)
+    assert places.closed_by == parent and places.home.parent == DEV_HOMES
+    assert places.home.name.startswith("my-jrd-") and places.venv == places.home / "venv"
+    assert cfg.paths.state_dir == places.home / "state" and cfg.paths.runtime_dir == places.home / "run"
+    assert cfg.paths.cache_dir == places.home / "cache" and cfg.paths.log_dir == places.home / "log"
+    assert cfg.jupyter.root_dir == Path("/home/someone/notebooks")
+    assert f"{parent} is mode 0700" in places.explain() and str(places.home) in places.explain()
+    # One home per checkout; the same one every time.
+    assert dev_places(parent / "my jrd", as_root=True).home == places.home
+    assert dev_places(tmp_path / "other", as_root=True).home != places.home
 
 
 @pytest.mark.parametrize("command", ["check", "run"])
@@ -198,16 +233,15 @@ def test_gateway_token_file_is_read_only_while_the_gateway_is_on(tmp_path: Path)
 def test_gateway_token_file_unreadable_by_jrd(tmp_path: Path) -> None:
     """jrd reads the file as its own account: root's 0600 file is out of another account's reach."""
     import os
-    import sys
 
-    from conftest import ensure_test_user, venv_usable_by
+    from conftest import ensure_test_user, python_as, venv_usable_by
 
     if os.geteuid() != 0 or not venv_usable_by(ensure_test_user()):
         pytest.skip("needs root, to read as another account")
     f = token_file(tmp_path)
     text = gateway_toml(f)
     code = "import sys; from jrd.config import parse_config; parse_config(sys.argv[1], source=None)"
-    res = subprocess.run(["runuser", "-u", ensure_test_user(), "--", sys.executable, "-c", code, text],
+    res = subprocess.run([*python_as(ensure_test_user()), "-c", code, text],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode != 0
     assert "cannot be read by jrd, which runs as jrdtest (Permission denied)" in res.stderr

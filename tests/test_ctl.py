@@ -18,7 +18,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from conftest import JRDCTL, PASSWORD, Jrd, wait_for
+from conftest import JRDCTL, PASSWORD, Jrd, jrdctl_as, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -320,7 +320,7 @@ def outsider() -> Iterator[str]:
 def test_non_owner_gets_a_clear_permission_denied(running_jrd: Jrd, outsider: str) -> None:
     sock = running_jrd.run_dir / "control.sock"
     assert oct(os.stat(sock).st_mode & 0o777) == "0o600"
-    res = subprocess.run(["runuser", "-u", outsider, "--", JRDCTL, "--socket", str(sock), "status"],
+    res = subprocess.run([*jrdctl_as(outsider), "--socket", str(sock), "status"],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 4
     assert f"permission denied on {sock}: only root may use jrdctl" in res.stderr
@@ -385,7 +385,7 @@ def test_control_group_members_may_use_it_and_others_are_told_who_may(outsider: 
     server = ControlServer(base / "control.sock", group)
     server.start(ctx)
     try:
-        argv = ["runuser", "-u", outsider, "--", JRDCTL, "--socket", str(server.path), "status", "--json"]
+        argv = [*jrdctl_as(outsider), "--socket", str(server.path), "status", "--json"]
         res = subprocess.run(argv, capture_output=True, text=True, timeout=60)
         assert res.returncode == 4
         assert f"only root and members of group '{group}' may use jrdctl" in res.stderr

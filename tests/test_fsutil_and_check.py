@@ -166,3 +166,39 @@ def test_check_of_a_running_jrd_is_ok(make_jrd) -> None:  # type: ignore[no-unty
     j.start()
     res = j.jrd("check")
     assert res.returncode == 0 and "OK" in res.stdout, res.stderr
+
+
+def test_a_directory_the_jupyter_account_cannot_enter_is_named_before_jupyter_fails() -> None:
+    """Jupyter would die with EACCES (`couldn't chdir`); jrd names the directory in its way instead."""
+    import pwd
+    import tempfile
+
+    from jrd import preflight
+    from jrd.errors import PreflightError
+    from jrd.render import Account
+
+    from conftest import ensure_test_user
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to judge for another account")
+    pw = pwd.getpwnam(ensure_test_user())
+    acct = Account(pw.pw_name, pw.pw_uid, pw.pw_gid, Path(pw.pw_dir))
+    base = Path(tempfile.mkdtemp(prefix="jrd-reach-", dir="/tmp"))
+    try:
+        base.chmod(0o755)
+        closed = base / "home"
+        closed.mkdir(mode=0o700)
+        notebooks = closed / "jrd" / "notebooks"
+        assert preflight.closed_to(notebooks, acct) == closed
+        assert preflight.closed_to(base / "elsewhere", acct) is None
+        with pytest.raises(PreflightError, match=f"cannot reach \\[jupyter\\] root_dir {notebooks}: it may not "
+                                                 f"enter {closed} \\(mode 0700, owner root\\)"):
+            preflight.check_jupyter_reach(notebooks, Path(os.__file__), acct)
+        os.chown(closed, pw.pw_uid, -1)  # its owner may enter
+        assert preflight.closed_to(notebooks, acct) is None
+        closed.chmod(0o701)
+        os.chown(closed, 0, -1)  # others may pass through, without listing it
+        assert preflight.closed_to(notebooks, acct) is None
+        assert preflight.closed_to(notebooks, Account("root", 0, 0, Path("/root"))) is None
+    finally:
+        shutil.rmtree(base)
