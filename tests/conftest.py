@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import hashlib
 import json
 import os
 import pwd
@@ -51,7 +52,8 @@ def shared_cache_dir() -> Path:
     """
     from jrd.static_cache import build_copy, lab_static_dir
 
-    cache = Path(tempfile.gettempdir()) / "jrd-test-cache"
+    # One per environment: a copy is kept only for the JupyterLab build it was made from.
+    cache = Path(tempfile.gettempdir()) / f"jrd-test-cache-{hashlib.sha256(sys.prefix.encode()).hexdigest()[:8]}"
     cache.mkdir(mode=0o755, exist_ok=True)
     cache.chmod(0o755)
     build_copy(lab_static_dir(), cache / "lab-static")
