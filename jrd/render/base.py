@@ -8,6 +8,7 @@ them in place.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -116,6 +117,15 @@ def fill(template: str, **values: object) -> str:
 
 def template(name: str) -> str:
     return resources.files("jrd.render").joinpath("templates", name).read_text(encoding="utf-8")
+
+
+def is_ip(host: str) -> bool:
+    """Whether a host is an IP address (not a name)."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def comment_text(text: object) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 
-from jrd.render.base import RenderInputs, fill, source_name, template
+from jrd.render.base import RenderInputs, is_ip, fill, source_name, template
 
 
 # Server-side execution ([jupyter] server_side_execution): the server extensions that
@@ -60,19 +60,11 @@ def gateway_token_file_content(inp: RenderInputs) -> bytes:
     return inp.gateway_token.encode("ascii") if inp.config.gateway.enabled else b""
 
 
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
 def render_jupyter_config(inp: RenderInputs) -> str:
     cfg = inp.config
     gw = cfg.gateway
-    dns = tuple(h for h in cfg.accepted_hosts if not _is_ip(h))
-    remote_ips = any(not ipaddress.ip_address(h).is_loopback for h in cfg.accepted_hosts if _is_ip(h))
+    dns = tuple(h for h in cfg.accepted_hosts if not is_ip(h))
+    remote_ips = any(not ipaddress.ip_address(h).is_loopback for h in cfg.accepted_hosts if is_ip(h))
     request, launch = gw.request_timeout_seconds, gw.kernel_launch_timeout_seconds
     timeouts = gw.enabled and request is not None and launch is not None
     ssx = cfg.jupyter.server_side_execution

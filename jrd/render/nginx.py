@@ -8,7 +8,7 @@ import json
 import re
 from pathlib import Path
 
-from jrd.render.base import RenderInputs, comment_text, fill, source_name, template
+from jrd.render.base import RenderInputs, is_ip, comment_text, fill, source_name, template
 
 # A token nginx reads as it is; anything else is written as a double-quoted string.
 _PLAIN = re.compile(r"^[A-Za-z0-9_./:+@,=-]+\Z")
@@ -128,7 +128,7 @@ def _servers(inp: RenderInputs) -> list[str]:
     assert acme is not None
     acme_tls = f"        ssl_certificate {nginx_str(pair[0])};\n        ssl_certificate_key {nginx_str(pair[1])};\n"
     local_hosts = tuple(h for h in cfg.accepted_hosts if h not in acme.hosts)
-    if not any(_is_ip(h) for h in acme.hosts):
+    if not any(is_ip(h) for h in acme.hosts):
         defaults = [_default_server(inp, ng.listen, "", source_text)]
         listen = ng.listen
     else:
@@ -161,14 +161,6 @@ def _split_loopback(listen: tuple[str, ...], acme_hosts: tuple[str, ...]) -> tup
         else:
             public.append(addr)
     return tuple(dict.fromkeys(public)), tuple(dict.fromkeys(loopback))
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def _listen_lines(inp: RenderInputs, addrs: tuple[str, ...], port: int, suffix: str, https: bool = True) -> str:
