@@ -196,11 +196,38 @@ def test_certificate_issued_through_real_http01_and_local_names_keep_jrds_ca(acm
     shown = j.cert_show()["acme"]
     assert shown["serving"] == "acme" and "Pebble" in shown["certificate"]["issuer"]
     assert shown["orders"] == {"success": 1} and shown["last_error"] is None
+    a_browser_that_trusts_only_the_acme_root_runs_a_cell(j, root)
     # A restart with a valid certificate on disk orders nothing.
     assert j.stop() == 0
     j.start()
     assert j.cert_show()["acme"]["orders"] == {"success": 1}
     assert is_pebble(served_cert(j.port, "jrd.test"))
+
+
+def a_browser_that_trusts_only_the_acme_root_runs_a_cell(j: AcmeJrd, root: Path) -> None:
+    """Headless Chromium with Pebble's root alone in its NSS store (not jrd's CA), no certificate-error flags."""
+    from test_browser_lab import (CHROMIUM_FLAGS, HOST, PAGE_TIMEOUT_MS, open_notebook_and_run, sync_playwright,
+                                  tool, trusting_home)
+
+    home = trusting_home(j.base / "browser-home", root)
+    with sync_playwright() as pw:
+        from playwright.sync_api import expect
+
+        expect.set_options(timeout=PAGE_TIMEOUT_MS)
+        browser = pw.chromium.launch(executable_path=tool("chromium"), args=CHROMIUM_FLAGS, headless=True,
+                                     env={"HOME": str(home), "PATH": "/usr/bin:/bin"})
+        try:
+            page = browser.new_context(ignore_https_errors=False).new_page()
+            page.set_default_timeout(PAGE_TIMEOUT_MS)
+            response = page.goto(f"https://{HOST}:{j.port}/lab")
+            assert response is not None and response.ok, response
+            tls = response.security_details()
+            assert tls is not None and "Pebble" in tls.get("issuer", ""), tls
+            page.locator("input[type=password]").fill(PASSWORD)
+            page.locator("input[type=password]").press("Enter")
+            open_notebook_and_run(page, expect, {})
+        finally:
+            browser.close()
 
 
 def test_ca_unreachable_at_start_serves_local_ca_then_switches_without_restart(acme_env) -> None:
