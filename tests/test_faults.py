@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Iterator
@@ -157,9 +158,45 @@ def test_sigkill_of_jupyter_with_a_kernel(jrd: Jrd) -> None:
     for i in range(REPEAT):
         start_kernel(jrd)
         old = jrd.supervisor_pid("jupyter")
-        os.kill(old, signal.SIGKILL)
-        wait_for(lambda: jrd.supervisor_pid("jupyter") not in (0, old), 30, "a new Jupyter")
-        assert_recovers(jrd, f"SIGKILL of Jupyter #{i + 1}")
+        with AnswersWatched(jrd) as answers:
+            os.kill(old, signal.SIGKILL)
+            wait_for(lambda: jrd.supervisor_pid("jupyter") not in (0, old), 30, "a new Jupyter")
+            assert_recovers(jrd, f"SIGKILL of Jupyter #{i + 1}")
+        # Meanwhile a page got nginx's restarting answer (503, Retry-After), never a bare 502.
+        assert answers.statuses <= {200, 503}, answers.statuses
+        assert answers.restarting_pages, "no request came while Jupyter was down"
+        assert all("Jupyter is restarting" in page for page in answers.restarting_pages)
+
+
+class AnswersWatched:
+    """Asks for a page through nginx in a loop while a fault plays out; keeps what came back."""
+
+    def __init__(self, j: Jrd):
+        self.j = j
+        self.statuses: set[int] = set()
+        self.restarting_pages: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "AnswersWatched":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        s = self.j.session()
+        while not self._stop.is_set():
+            try:
+                r = s.get(self.j.url("/login"), headers={"Accept": "text/html"}, timeout=10)
+            except requests.RequestException:
+                continue
+            self.statuses.add(r.status_code)
+            if r.status_code == 503 and r.headers.get("Retry-After") == "2":
+                self.restarting_pages.append(r.text)
+            self._stop.wait(0.05)
 
 
 def test_sigkill_of_nginx_master_leaves_no_worker_or_stale_socket(jrd: Jrd) -> None:
