@@ -18,6 +18,8 @@ from jrd.errors import JrdError
 # Jupyter counts most API requests as user activity; these two do not.
 KERNELS_PATH = "api/kernels?no_track_activity=1"
 STATUS_PATH = "api/status"  # marked _track_activity = False by Jupyter itself
+# jrd.execution_counter's answer, there with [jupyter] server_side_execution only (not activity either).
+EXECUTIONS_PATH = "api/jrd/server-side-executions"
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,14 @@ class JupyterActivity:
     connections: int
     last_activity: float  # Unix time
     started: float  # Unix time
+
+
+@dataclass(frozen=True)
+class ServerSideExecutions:
+    """Cells jupyter-server-nbmodel ran since Jupyter started: begun, and ended well or with an error."""
+    started: int
+    ok: int
+    error: int
 
 
 def busy(kernels: list[dict[str, Any]]) -> int:
@@ -65,6 +75,15 @@ class JupyterClient:
         if not isinstance(kernels, list):
             raise JrdError(f"Jupyter {KERNELS_PATH}: not a list of kernels")
         return {"running": len(kernels), "busy": busy(kernels)}
+
+    def server_side_executions(self, timeout: float) -> ServerSideExecutions:
+        """Cells run on the server since Jupyter started, or JrdError when Jupyter cannot say."""
+        counts = self.get(EXECUTIONS_PATH, timeout)
+        try:
+            return ServerSideExecutions(started=int(counts["started"]), ok=int(counts["ended"]["ok"]),
+                                        error=int(counts["ended"]["error"]))
+        except (TypeError, KeyError, ValueError):
+            raise JrdError(f"Jupyter {EXECUTIONS_PATH}: not the counts jrd.execution_counter gives") from None
 
     def activity(self, timeout: float) -> JupyterActivity:
         status = self.get(STATUS_PATH, timeout)

@@ -3,7 +3,8 @@
 `JrdCollector` asks each source when Prometheus scrapes: supervisord over
 XML-RPC, /proc for the program trees, the certificate files, nginx's
 `stub_status` on its private unix socket, Jupyter's `/api/status` and
-`/api/kernels` with the internal token, and the daemon's own counters.
+`/api/kernels` with the internal token (and, with server-side execution,
+jrd.execution_counter's counts inside Jupyter), and the daemon's own counters.
 The sources are asked in parallel, each call has a short timeout, and
 failures are contained per source: a hung child costs a scrape at most
 `timeout` and shows up as
@@ -34,7 +35,7 @@ from jrd import __version__, nginx, states
 from jrd.config import split_host_port
 from jrd.errors import JrdError
 from jrd.extension import Context, Extension
-from jrd.jupyter import JupyterActivity
+from jrd.jupyter import JupyterActivity, ServerSideExecutions
 from jrd.ledger import Snapshot
 from jrd.supervisor import ProcessInfo, Supervisor
 
@@ -130,6 +131,7 @@ class JrdCollector:
         supervisor: Supervisor | None = None,
         procs: ProcReader | None = None,
         jupyter: Callable[[float], JupyterActivity] | None = None,
+        executions: Callable[[float], ServerSideExecutions] | None = None,
         stub_status: Callable[[Path, float], dict[str, int]] = nginx.read_stub_status,
         timeout: float = SCRAPE_CALL_TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
@@ -143,6 +145,7 @@ class JrdCollector:
         self.supervisor = supervisor or Supervisor(ctx.layout.supervisor_socket, timeout=timeout)
         self.procs = procs or ProcReader()
         self._jupyter = jupyter or ctx.jupyter.activity
+        self._executions = executions or ctx.jupyter.server_side_executions
         self._stub_status = stub_status
         self.timeout = timeout
         self._clock = clock
@@ -191,12 +194,16 @@ class JrdCollector:
             self._pool.shutdown(wait=False, cancel_futures=True)
 
     def collect(self) -> Iterator[Metric]:
-        got = self._gather({
+        sources: dict[str, Callable[[], Any]] = {
             "supervisord": self.supervisor.processes,
             "certificates": self.ctx.certificate_status,
             "jupyter": lambda: self._jupyter(self.timeout),
             "nginx": lambda: self._stub_status(self.ctx.layout.nginx_status_socket, self.timeout),
-        })
+        }
+        server_side = self.ctx.config.jupyter.server_side_execution
+        if server_side:
+            sources["server_side_executions"] = lambda: self._executions(self.timeout)
+        got = self._gather(sources)
         ledger = self.ctx.ledger.snapshot()
         procs = got["supervisord"][0]
         if procs is not None:
@@ -209,6 +216,8 @@ class JrdCollector:
         yield from self._certificates(got["certificates"][0] or {})
         yield from self._reloads(ledger)
         yield from self._jupyter_metrics(got["jupyter"][0])
+        if server_side:
+            yield from self._server_side_executions(got["server_side_executions"][0])
         yield from self._nginx(got["nginx"][0])
         yield from self._probes(ledger)
         yield from self._serving(ledger)
@@ -333,6 +342,20 @@ class JrdCollector:
             g = _gauge(name, doc)
             g.add_metric([], value)
             yield g
+
+    def _server_side_executions(self, counts: ServerSideExecutions | None) -> Iterator[Metric]:
+        if counts is None:
+            return
+        started = _counter("jrd_jupyter_server_side_executions_started",
+                           "Cells begun on the server ([jupyter] server_side_execution) since Jupyter started.")
+        started.add_metric([], counts.started)
+        yield started
+        ended = _counter("jrd_jupyter_server_side_executions",
+                         "Cells run on the server ([jupyter] server_side_execution) since Jupyter started, "
+                         "by result (error: an exception or an interrupt).", ["result"])
+        ended.add_metric(["ok"], counts.ok)
+        ended.add_metric(["error"], counts.error)
+        yield ended
 
     def _nginx(self, stub: dict[str, int] | None) -> Iterator[Metric]:
         up = _gauge("jrd_nginx_stub_status_up", "Whether nginx's stub_status answered this scrape.")

@@ -23,11 +23,11 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from jrd import event_listener, events, health, metrics, states
-from jrd.config import Config, PathsConfig, split_host_port
+from jrd.config import Config, JupyterConfig, PathsConfig, split_host_port
 from jrd.daemon import Daemon
 from jrd.errors import JrdError
 from jrd.extension import Context
-from jrd.jupyter import JupyterActivity
+from jrd.jupyter import JupyterActivity, ServerSideExecutions
 from jrd.ledger import Ledger
 from jrd.supervisor import Supervisor
 
@@ -191,6 +191,32 @@ def test_failing_jupyter_and_nginx_are_explicit(daemon: Daemon) -> None:
     assert m["jrd_jupyter_api_up"] == 0 and "jrd_jupyter_kernels" not in m
     assert m["jrd_nginx_stub_status_up"] == 0 and "jrd_nginx_http_requests_total" not in m
     assert m['jrd_scrape_collector_success{collector="jupyter"}'] == 0
+
+
+def test_server_side_executions_are_counted_only_with_the_setting_on(tmp_path: Path) -> None:
+    asked: list[float] = []
+
+    def executions(timeout: float) -> ServerSideExecutions:
+        asked.append(timeout)
+        return ServerSideExecutions(started=7, ok=5, error=1)
+
+    paths = PathsConfig(state_dir=tmp_path / "s", runtime_dir=tmp_path / "r", log_dir=tmp_path / "l")
+    off = Daemon(Config(paths=paths))
+    m = scrape(make(off, FakeRpc([]), executions=executions))
+    assert not asked and not [name for name in m if "server_side" in name]
+    on = Daemon(dataclasses.replace(off.config, jupyter=JupyterConfig(server_side_execution=True)))
+    m = scrape(make(on, FakeRpc([]), executions=executions))
+    assert m["jrd_jupyter_server_side_executions_started_total"] == 7
+    assert m['jrd_jupyter_server_side_executions_total{result="ok"}'] == 5
+    assert m['jrd_jupyter_server_side_executions_total{result="error"}'] == 1
+    assert m['jrd_scrape_collector_success{collector="server_side_executions"}'] == 1
+
+    def down(timeout: float) -> ServerSideExecutions:
+        raise JrdError("Jupyter api/jrd/server-side-executions: HTTP 404")
+
+    m = scrape(make(on, FakeRpc([]), executions=down))
+    assert "jrd_jupyter_server_side_executions_started_total" not in m and m["jrd_jupyter_api_up"] == 1
+    assert m['jrd_scrape_collector_success{collector="server_side_executions"}'] == 0
 
 
 def test_certificates_and_renewals_read_defensively(daemon: Daemon) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,10 @@ from jrd.config import parse_config
 from jrd.layout import Layout
 from jrd.reload_plan import plan_reload
 from jrd.render import Account, RenderInputs, render_all, render_jupyter_config
-from jrd.render.jupyter import SSX_COLLABORATION_UI, SSX_LABEXTENSIONS, SSX_SERVER_EXTENSIONS
+from jrd.execution_counter import CELL_EXECUTION_SCHEMA, ExecutionCounts
+from jrd.render.jupyter import (
+    EXECUTION_COUNTER_EXTENSION, SSX_COLLABORATION_UI, SSX_LABEXTENSIONS, SSX_SERVER_EXTENSIONS,
+)
 
 from render_parsers import jupyter_settings
 
@@ -41,7 +45,8 @@ def test_off_by_default_every_server_extension_is_off_and_the_page_never_sees_th
         unpatched_lab_config: Any) -> None:
     assert parse_config("").jupyter.server_side_execution is False
     settings = jupyter_settings(render_jupyter_config(inputs(False)))
-    assert settings["ServerApp.jpserver_extensions"] == {name: False for name in SSX_SERVER_EXTENSIONS}
+    assert settings["ServerApp.jpserver_extensions"] == {
+        name: False for name in (*SSX_SERVER_EXTENSIONS, EXECUTION_COUNTER_EXTENSION)}
     assert not any(key.startswith(("YDocExtension.", "SQLiteYStore.", "BaseFileIdManager.")) for key in settings)
     assert "ServerApp.tornado_settings" not in settings
 
@@ -64,7 +69,8 @@ def test_off_refuses_to_start_a_jupyterlab_whose_page_config_it_cannot_filter(un
 def test_on_keeps_documents_for_ever_saves_them_and_keeps_its_store_out_of_the_notebooks(tmp_path: Path) -> None:
     settings = jupyter_settings(render_jupyter_config(inputs(True, tmp_path)))
     store = tmp_path / "jupyter" / "collaboration"
-    assert settings["ServerApp.jpserver_extensions"] == {name: True for name in SSX_SERVER_EXTENSIONS}
+    assert settings["ServerApp.jpserver_extensions"] == {
+        name: True for name in (*SSX_SERVER_EXTENSIONS, EXECUTION_COUNTER_EXTENSION)}
     assert settings["YDocExtension.document_cleanup_delay"] is None
     assert settings["YDocExtension.document_save_delay"] == 1.0
     assert settings["SQLiteYStore.db_path"] == f"{store}/ystore.db"
@@ -88,8 +94,33 @@ def test_the_names_are_those_the_installed_packages_use() -> None:
     share = Path(__file__).resolve().parent.parent / ".venv" / "share" / "jupyter" / "labextensions"
     if share.is_dir():
         assert all((share / name / "package.json").is_file() for name in SSX_LABEXTENSIONS)
-    for module in SSX_SERVER_EXTENSIONS:
+    for module in (*SSX_SERVER_EXTENSIONS, EXECUTION_COUNTER_EXTENSION):
         __import__(module)
+    # The schema jrd's counter listens for is one nbmodel registers on its event logger.
+    from jupyter_server_nbmodel.event_logger import event_logger
+    assert CELL_EXECUTION_SCHEMA in event_logger.schemas.schema_ids
+
+
+def test_the_execution_counter_counts_the_events_nbmodel_emits() -> None:
+    from jupyter_server_nbmodel.event_logger import event_logger
+
+    counts = ExecutionCounts()
+
+    async def three_cells() -> None:
+        event_logger.add_listener(schema_id=CELL_EXECUTION_SCHEMA, listener=counts.on_event)
+        try:
+            for success in (True, False, None):
+                ids = {"cell_id": "c", "document_id": "json:notebook:x", "timestamp": "2025-01-01T00:00:00Z"}
+                event_logger.emit(schema_id=CELL_EXECUTION_SCHEMA, data={"event_type": "execution_start", **ids})
+                if success is not None:  # the third still runs
+                    event_logger.emit(schema_id=CELL_EXECUTION_SCHEMA,
+                                      data={"event_type": "execution_end", "success": success, **ids})
+            await event_logger.gather_listeners()
+        finally:
+            event_logger.remove_listener(schema_id=CELL_EXECUTION_SCHEMA, listener=counts.on_event)
+
+    asyncio.run(three_cells())
+    assert counts.as_json() == {"started": 3, "ended": {"ok": 1, "error": 1}}
 
 
 def test_an_unreadable_store_is_set_aside_and_a_missing_one_left_to_jupyter(

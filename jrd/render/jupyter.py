@@ -11,6 +11,8 @@ from jrd.render.base import RenderInputs, is_ip, fill, source_name, template
 # Server-side execution ([jupyter] server_side_execution): the server extensions that
 # jupyter-collaboration and jupyter-server-nbmodel install, and their frontend parts.
 SSX_SERVER_EXTENSIONS = ("jupyter_server_fileid", "jupyter_server_ydoc", "jupyter_server_nbmodel")
+# jrd's own, run inside Jupyter beside them: counts their executions for the metrics.
+EXECUTION_COUNTER_EXTENSION = "jrd.execution_counter"
 SSX_LABEXTENSIONS = ("@jupyter/collaboration-extension", "@jupyter/docprovider-extension",
                      "@datalayer/jupyter-server-nbmodel")
 # The collaboration interface a single-user JupyterLab leaves out (plugin ids of
@@ -89,7 +91,7 @@ def render_jupyter_config(inp: RenderInputs) -> str:
         launch_timeout_pad=repr(float((request or 0) - (launch or 0))),
         gateway_token=gw.enabled and bool(inp.gateway_token),
         gateway_token_file=repr(str(inp.layout.gateway_token)),
-        server_extensions=repr({name: ssx for name in SSX_SERVER_EXTENSIONS}),
+        server_extensions=repr({name: ssx for name in (*SSX_SERVER_EXTENSIONS, EXECUTION_COUNTER_EXTENSION)}),
         ssx_on=ssx,
         ssx_off=not ssx,
         labextensions=repr(set(SSX_LABEXTENSIONS)),
