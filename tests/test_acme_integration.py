@@ -196,6 +196,10 @@ def test_certificate_issued_through_real_http01_and_local_names_keep_jrds_ca(acm
     shown = j.cert_show()["acme"]
     assert shown["serving"] == "acme" and "Pebble" in shown["certificate"]["issuer"]
     assert shown["orders"] == {"success": 1} and shown["last_error"] is None
+    metrics = requests.get(f"http://127.0.0.1:{j.metrics_port}/metrics", timeout=10).text
+    for line in ("jrd_acme_certificate_served 1.0", 'jrd_acme_orders_total{result="success"} 1.0',
+                 "jrd_acme_certificate_not_after_timestamp_seconds ", "jrd_acme_certificate_info{"):
+        assert line in metrics, line
     a_browser_that_trusts_only_the_acme_root_runs_a_cell(j, root)
     # A restart with a valid certificate on disk orders nothing.
     assert j.stop() == 0

@@ -87,7 +87,9 @@
     });
   }
 
-  var MOOT_DIALOGS = /server connection error|kernel (died|restarting)|error starting kernel/i;
+  // Errors that the outage itself caused: the file browser's refresh that failed meanwhile says
+  // "Directory not found", the kernels' say "died".
+  var MOOT_DIALOGS = /server connection error|kernel (died|restarting)|error starting kernel|directory not found/i;
 
   function dismissMootDialogs() {
     document.querySelectorAll(".jp-Dialog").forEach(function (dialog) {
@@ -96,6 +98,13 @@
       var ok = dialog.querySelector(".jp-Dialog-button.jp-mod-accept") || buttons[buttons.length - 1];
       if (ok) ok.click();
     });
+  }
+
+  async function sweepMootDialogs(ms) {
+    for (var waited = 0; waited < ms && !state.down; waited += 400) {
+      dismissMootDialogs();
+      await sleep(400);
+    }
   }
 
   async function sessionAlive(ctx) {
@@ -153,15 +162,13 @@
     show("Jupyter is restarting\u2026 your notebooks stay open; this tab reconnects by itself.", "down");
     await waitUntilBack();
     var started = await heal();
-    // A "kernel died" dialog can come a moment after the heal; clear those too.
-    for (var i = 0; i < 5; i++) {
-      dismissMootDialogs();
-      await sleep(400);
-    }
     state.down = false;
     state.heals++;
     show(started ? "Jupyter is back. Kernels were restarted: run your cells again to rebuild variables."
                  : "Jupyter is back.", "up");
+    // A "kernel died" or "directory not found" dialog can come some seconds after the heal (the
+    // file browser refreshes every 10 s or so); clear those too, meanwhile.
+    sweepMootDialogs(12000);
     hideLater(6000);
   }
 
