@@ -171,14 +171,17 @@ def run(args: argparse.Namespace) -> Result:
     j = Jrd(short_tmp(), FAST_HEALTH)
     j.start()
     try:
-        jupyter = trials(j, args.trials, "jupyter", lambda: j.supervisor_pid("jupyter"), "jupyter")
+        # Each kill beside a cold start, so that both see the same load on a shared machine.
+        jupyter, colds = [], []
+        for _ in range(args.trials):
+            jupyter += trials(j, 1, "jupyter", lambda: j.supervisor_pid("jupyter"), "jupyter")
+            colds.append(cold_start(j.user))
         nginx = trials(j, args.trials, "nginx", lambda: (nginx_masters(j) or [0])[0], "nginx master")
         supervisord = trials(j, 3, "jupyter", lambda: first_supervisord(j), "supervisord")
         loops = crash_loops(j, args.crash_loops)
     finally:
         j.stop()
         shutil.rmtree(j.base, ignore_errors=True)
-    colds = [cold_start(j.user) for _ in range(args.trials)]
     plain = plain_supervisord(j.user, args.trials)
     over_cold = statistics.median(jupyter) - statistics.median(colds)
     return Result([

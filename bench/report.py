@@ -71,8 +71,12 @@ def environment() -> dict[str, str]:
     cpu = re.search(r"^model name\s*:\s*(.*)$", cpuinfo, re.M)
     mem_kib = int(re.search(r"^MemTotal:\s*(\d+)", Path("/proc/meminfo").read_text(), re.M).group(1))
     os_name = re.search(r'^PRETTY_NAME="?([^"\n]*)', Path("/etc/os-release").read_text(), re.M)
-    commit = subprocess.run(["git", "-C", str(figures.REPO), "describe", "--always", "--dirty"],
-                            capture_output=True, text=True).stdout.strip()
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(figures.REPO), *args], capture_output=True, text=True).stdout.strip()
+
+    # Changed code, not the report's own files, makes the run differ from the commit.
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", "jrd", "bench", "pyproject.toml")
+    commit = git("rev-parse", "--short", "HEAD") + (" with uncommitted changes" if changed else "")
     import jrd
 
     chromium = command_output(["chromium", "--version"])
@@ -82,7 +86,7 @@ def environment() -> dict[str, str]:
         "kernel": f"Linux {platform.release()}",
         "OS": os_name.group(1) if os_name else "?",
         "Python": platform.python_version(),
-        "jrd": f"{jrd.__version__} (commit {commit or '?'})",
+        "jrd": f"{jrd.__version__} (commit {commit})",
         "supervisord": version("supervisor"),
         "nginx": command_output(["nginx", "-v"]).rpartition("/")[2],
         "JupyterLab": version("jupyterlab"),
@@ -227,8 +231,8 @@ def draw_charts(results: dict[str, list[Figure]]) -> dict[str, str]:
                for f in results.get(name, []) if f.key in keys]
     if latency:
         strip_chart(OUT / "latency.png", "Reload and renewal latency", "ms", latency)
-        for name in ("reload", "renewal"):
-            out[name] = "![reload and renewal latency](bench/latency.png)"
+        out["reload"] = "![reload and renewal latency](bench/latency.png)"
+        out["renewal"] = "The chart under *Reload on a config change* shows these latencies beside the reload's."
     return out
 
 
@@ -325,9 +329,9 @@ def main() -> int:
     if args.no_run:
         env = json.loads(env_file.read_text())
     else:
-        failed = run_benches(names)
         env = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), **environment()}
         env_file.write_text(json.dumps(env, indent=1) + "\n")
+        failed = run_benches(names)
     write_report(env, failed)
     print(f"wrote {REPORT.relative_to(figures.REPO)} and its charts in {OUT.relative_to(figures.REPO)}/")
     return 1 if failed else 0
