@@ -244,6 +244,8 @@ def page_figures(loads: dict[str, list[tuple[Load, Load]]]) -> list[Figure]:
              "first_seconds": ("≤ 0.5× bare", 0.5 * by_key["bare_first_seconds"].median)}
     for key, (goal, limit) in goals.items():
         by_key[key].goal, by_key[key].met = goal, by_key[key].median <= limit
+    first = by_key["first_seconds"]
+    first.judged = f"{first.median / by_key['bare_first_seconds'].median:.2f}× bare (medians)"
     return out
 
 

@@ -36,6 +36,7 @@ class Figure:
     baseline: str | None = None  # key of the figure measured in the same run that this one is compared with
     goal: str | None = None  # the goal, as a reader should see it ("≤ 300 ms at p95")
     met: bool | None = None  # whether the goal is met, decided by the bench
+    judged: str | None = None  # what the goal was judged on, when not the median ("p95 223 ms")
     of: int | None = None  # for a count: out of how many
 
     @property
@@ -127,7 +128,7 @@ def table(figures: list[Figure]) -> str:
         r = ratio(f, by_key)
         goal = f.goal or ""
         if goal and f.met is not None:
-            goal += " ✅ met" if f.met else " ❌ not met"
+            goal += (" ✅ met" if f.met else " ❌ not met") + (f" ({f.judged})" if f.judged else "")
         rows.append(f"| {f.label} | {value_text(f)} | {spread(f)} | {f.n} | {value_text(base) if base else ''} | "
                     f"{f'{r:.2f}×' if r is not None else ''} | {goal} |")
     return "\n".join(rows)

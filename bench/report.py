@@ -116,14 +116,14 @@ JRD_COLOUR, BASE_COLOUR = "#1f77b4", "#999999"
 def strip_chart(path: Path, title: str, unit: str, rows: list[Figure], log: bool = False) -> None:
     """Every sample as a dot, the median as a bar, one row per figure; baselines in grey."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(8, 0.55 * len(rows) + 1.2))
+    fig, ax = plt.subplots(figsize=(8, 0.65 * len(rows) + 1.2))
     for y, f in enumerate(reversed(rows)):
         colour = BASE_COLOUR if f.label.startswith("baseline") else JRD_COLOUR
         jitter = [(i % 5 - 2) * 0.06 for i in range(f.n)]
         ax.scatter(f.samples, [y + j for j in jitter], s=14, color=colour, alpha=0.6, linewidths=0)
         ax.plot([f.median, f.median], [y - 0.3, y + 0.3], color=colour, linewidth=2.5)
-        ax.annotate(f"{number(f.median)} {unit}", (max(f.samples), y), xytext=(6, -3), textcoords="offset points",
-                    fontsize=8, color=colour)
+        ax.annotate(f"{number(f.median)} {unit}", (f.median, y + 0.3), xytext=(0, 2), textcoords="offset points",
+                    ha="center", fontsize=8, color=colour)
     ax.set_yticks(range(len(rows)), [wrap(f.label) for f in reversed(rows)])
     if log:
         ax.set_xscale("log")
@@ -191,7 +191,7 @@ def memory_chart(path: Path, by_key: dict[str, Figure]) -> None:
                 if f is None:
                     continue
                 ax.barh(y, f.median, left=left, color=colours[i], label=name if y == 1 else None)
-                if f.median > 6:
+                if f.median > 8:
                     ax.text(left + f.median / 2, y, number(f.median), ha="center", va="center", fontsize=7,
                             color="white")
                 left += f.median
@@ -265,13 +265,13 @@ def section(name: str, record: dict[str, Any], figs: list[Figure], chart: str | 
 
 
 def goals_table(records: dict[str, dict[str, Any]], results: dict[str, list[Figure]]) -> list[str]:
-    rows = ["| section | measure | median (spread) | goal | met |", "| --- | --- | --- | --- | --- |"]
+    rows = ["| section | measure | median (spread) | goal | judged on | met |", "| --- | --- | --- | --- | --- | --- |"]
     for name in records:
         for f in results[name]:
             if f.goal and f.met is not None:
                 spread = f" ({number(min(f.samples))}–{number(max(f.samples))}, n = {f.n})" if f.n > 1 else ""
                 rows.append(f"| {BENCHES[name].split(':')[0]} | {f.label} | {value_text(f)}{spread} | {f.goal} | "
-                            f"{'✅ yes' if f.met else '❌ no'} |")
+                            f"{f.judged or 'the median'} | {'✅ yes' if f.met else '❌ no'} |")
     return rows
 
 
