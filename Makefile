@@ -12,6 +12,7 @@ WHERE = PYTHONPATH="$(CURDIR)" $(PYTHON) -m jrd.checkout
 VENV ?= $(or $(shell $(WHERE) venv 2>/dev/null),.venv)
 BIN := $(if $(USE_VENV),$(USE_VENV),$(VENV))/bin
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
 
 .PHONY: install system-deps run test unit bench lint clean
 
@@ -42,9 +43,15 @@ test: install
 unit: install
 	"$(BIN)/python" -m pytest -m "not integration"
 
-# Each benchmark starts its own jrd on loopback ports and prints a table; see docs/benchmarks.md.
-bench: install
-	@for b in bench/bench_*.py; do echo "== $$b"; "$(BIN)/python" $$b || exit 1; done
+$(BENCH_STAMP): pyproject.toml $(STAMP)
+	"$(BIN)/python" -m pip install --quiet -e '.[test,bench]'
+	@touch $(BENCH_STAMP)
+
+# Every benchmark under bench/ (each starts its own jrd on loopback ports; about 15 minutes in all),
+# then docs/benchmarks.md and its charts in docs/bench/.  One alone: $(BIN)/python bench/bench_NAME.py
+bench: install $(BENCH_STAMP)
+	@scripts/install-system-deps test
+	"$(BIN)/python" bench/report.py
 
 lint: install
 	"$(BIN)/python" -m ruff check jrd tests bench

@@ -1,5 +1,4 @@
-#!/usr/bin/env python3
-"""Benchmark: certificate renewal under a real jrd (supervisord, nginx, JupyterLab).
+"""Renewal: a certificate renewal under a real jrd (supervisord, nginx, JupyterLab).
 
 Measures, on one jrd started in /tmp on loopback ports:
   1. latency: from sending `renew_cert --force` on the control socket (what
@@ -12,36 +11,29 @@ Measures, on one jrd started in /tmp on loopback ports:
      (`supervisorctl restart nginx`, what a hand-made setup does after
      replacing its certificate).
 
-Usage: .venv/bin/python bench/bench_renewal.py [--renewals 10] [--load-seconds 8] [--json]
-Runs in about a minute.
+Run:  .venv/bin/python bench/bench_renewal.py [--renewals 10] [--load-seconds 8]
 """
 
 from __future__ import annotations
 
 import argparse
 import http.client
-import json
-import os
-import platform
 import shutil
 import signal
 import socket
 import ssl
-import statistics
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
+from cryptography import x509
 
-from cryptography import x509  # noqa: E402
-
-from conftest import Jrd, short_tmp  # noqa: E402  (the integration tests' way to run a real jrd)
-from jrd.control import client as control_client  # noqa: E402
+import figures
+from conftest import Jrd, short_tmp
+from figures import Result, count, summary_ms
+from jrd.control import client as control_client
 
 
 def serial_of(sock: ssl.SSLSocket) -> int:
@@ -119,7 +111,7 @@ class Load:
 
     def summary(self) -> dict[str, Any]:
         total = self.ok + len(self.failures)
-        return {"requests": total, "failed": len(self.failures), "rps": round(total / self.elapsed, 1),
+        return {"requests": total, "failed": len(self.failures), "seconds": self.elapsed,
                 "failure_kinds": sorted(set(self.failures))}
 
 
@@ -128,7 +120,8 @@ def renew(j: Jrd) -> int:
     return int(result["serial"], 16)
 
 
-def measure_latency(j: Jrd, n: int) -> dict[str, Any]:
+def measure_latency(j: Jrd, n: int) -> tuple[list[float], list[float]]:
+    """Seconds from sending each renewal to its answer, and to the first new handshake that gets the new leaf."""
     poller = Poller(j)
     poller.thread.start()
     answered, served = [], []
@@ -144,12 +137,7 @@ def measure_latency(j: Jrd, n: int) -> dict[str, Any]:
     finally:
         poller.stop.set()
         poller.thread.join(10)
-    return {
-        "renewals": n,
-        "answered_median_ms": round(statistics.median(answered) * 1000, 1),
-        "served_median_ms": round(statistics.median(served) * 1000, 1),
-        "served_max_ms": round(max(served) * 1000, 1),
-    }
+    return answered, served
 
 
 def under_load(j: Jrd, seconds: float, action: Any, k: int) -> dict[str, Any]:
@@ -171,52 +159,50 @@ def hard_restart_nginx(j: Jrd) -> None:
                    check=True, capture_output=True, timeout=60)
 
 
-def machine() -> dict[str, str]:
-    nginx = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip().rpartition("/")[2]
-    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                if l.startswith("model name")), "?")
-    import cryptography
+READING = (
+    "The gap between the renewal's answer and the new certificate on new handshakes is nginx's graceful "
+    "reload: old workers take connections, with the old and still valid certificate, until they close "
+    "their listening sockets.",
+    "The hard restart baseline (what a hand-made setup does after replacing its certificate) refuses "
+    "connections for the whole restart, so its clients make many more, very fast, failing requests; a "
+    "graceful reload never closes the listening sockets.",
+)
 
-    return {"cpu": cpu, "cores": str(len(os.sched_getaffinity(0))), "nginx": nginx,
-            "python": platform.python_version(), "openssl": ssl.OPENSSL_VERSION,
-            "cryptography": cryptography.__version__}
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--renewals", type=int, default=10, help="K: renewals (and hard restarts) per load run")
+    ap.add_argument("--load-seconds", type=float, default=8.0, help="minimum length of each load run")
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--renewals", type=int, default=10, help="K: renewals (and hard restarts) per load run")
-    parser.add_argument("--load-seconds", type=float, default=8.0, help="minimum length of each load run")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    args = parser.parse_args()
+def run(args: argparse.Namespace) -> Result:
     assert shutil.which("nginx"), "nginx is missing: run scripts/install-system-deps test"
-
     j = Jrd(short_tmp())
     j.start()
     try:
-        out: dict[str, Any] = {"machine": machine()}
-        out["latency"] = measure_latency(j, args.renewals)
-        out["load_no_renewal"] = under_load(j, args.load_seconds, lambda: None, 0)
-        out["load_renewals"] = under_load(j, args.load_seconds, lambda: renew(j), args.renewals)
-        out["load_hard_restarts"] = under_load(j, args.load_seconds, lambda: hard_restart_nginx(j), args.renewals)
+        answered, served = measure_latency(j, args.renewals)
+        quiet = under_load(j, args.load_seconds, lambda: None, 0)
+        renewals = under_load(j, args.load_seconds, lambda: renew(j), args.renewals)
+        restarts = under_load(j, args.load_seconds, lambda: hard_restart_nginx(j), args.renewals)
     finally:
         j.stop(signal.SIGTERM, timeout=60)
         shutil.rmtree(j.base, ignore_errors=True)
-
-    if args.json:
-        print(json.dumps(out, indent=2))
-        return 0
-    m, lat = out["machine"], out["latency"]
-    print(f"machine: {m['cpu']}, {m['cores']} cores; nginx {m['nginx']}; Python {m['python']}; {m['openssl']}")
-    print(f"renewal answered (median of {lat['renewals']}): {lat['answered_median_ms']} ms")
-    print(f"new certificate on new handshakes after the start of a renewal: median {lat['served_median_ms']} ms, "
-          f"max {lat['served_max_ms']} ms")
-    for key, label in (("load_no_renewal", "no renewal (baseline)"), ("load_renewals", f"{args.renewals} renewals"),
-                       ("load_hard_restarts", f"{args.renewals} hard nginx restarts")):
-        r = out[key]
-        print(f"{label:28s}: {r['failed']} failed of {r['requests']} requests ({r['rps']} req/s) "
-              f"{r['failure_kinds'] or ''}")
-    return 0
+    k = args.renewals
+    new_leaf = summary_ms(served, "served", "start of a renewal → new certificate on new handshakes",
+                          goal="< 1 s", met=max(served) < 1, judged=f"the worst, {max(served) * 1000:.0f} ms")
+    return Result([
+        summary_ms(answered, "answered", "renewal answered (new key and leaf, atomic write, `nginx -t`, HUP)"),
+        new_leaf,
+        count(renewals["failed"], renewals["requests"], "load_renewals",
+              f"failed HTTPS requests on fresh connections during {k} back-to-back renewals",
+              baseline="load_quiet", goal="0", met=renewals["failed"] == 0, judged="the count"),
+        count(quiet["failed"], quiet["requests"], "load_quiet", "baseline: same load, no renewal"),
+        count(restarts["failed"], restarts["requests"], "load_restarts",
+              f"baseline: same load during {k} hard nginx restarts (`supervisorctl restart nginx`)"),
+    ], notes=[f"{name}: {r['requests'] / r['seconds']:.0f} requests/s; failures: {', '.join(r['failure_kinds'])}"
+              for name, r in (("no renewal", quiet), ("renewals", renewals), ("hard restarts", restarts))
+              if r["failure_kinds"]],
+        params={"tls": ssl.OPENSSL_VERSION})
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(figures.main("renewal", __doc__, add_arguments, run, READING))

@@ -3,7 +3,8 @@
 Two halves meet at a private unix datagram socket in the runtime dir:
 
 * `jrd.event_listener` is the program that supervisord runs as
-  `[eventlistener:jrd-events]`; it forwards each event as one JSON datagram.
+  `[eventlistener:jrd-events]`; it forwards each event as one datagram of
+  supervisord's own `key:value` tokens.
 * `ProgramEvents` is the daemon's extension: it binds the socket before
   supervisord starts, turns each datagram into a `program_event` command on
   the daemon's queue, and counts restarts in the ledger on the main loop.
@@ -14,7 +15,6 @@ row show as exactly three restarts.
 
 from __future__ import annotations
 
-import json
 import logging
 import socket
 import sys
@@ -23,7 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
-from jrd import logs, states
+from jrd import event_listener, logs, states
 from jrd.extension import Context, Extension
 from jrd.fsutil import ensure_dir
 from jrd.render import RenderInputs
@@ -37,12 +37,16 @@ log = logging.getLogger("jrd")
 CRASH_FROM_STATES = ("EXITED", "BACKOFF")
 MAX_DATAGRAM = 4096
 _STOP = b"stop"
-LISTENER_MODULE = "jrd.event_listener"
 # Events after which jrd supervises at once rather than at its next tick.
 SUPERVISE_NOW = ("PROCESS_STATE_STARTING", "PROCESS_STATE_FATAL", "PROCESS_STATE_EXITED")
 
 
 # --- the pure part ----------------------------------------------------------------
+
+
+def listener_argv(python: Path, socket_path: Path) -> list[str]:
+    """How supervisord runs the listener: as a script, isolated, without site-packages (it needs none)."""
+    return [str(python), "-I", "-S", event_listener.__file__, str(socket_path)]
 
 
 def restart_reason(event: dict[str, str]) -> str | None:
@@ -78,7 +82,7 @@ class ProgramEvents(Extension):
         self._sock, self._path = sock, path
 
     def contribute(self, inputs: RenderInputs) -> RenderInputs:
-        command = supervisor_command([str(self._python), "-m", LISTENER_MODULE, str(inputs.layout.events_socket)])
+        command = supervisor_command(listener_argv(self._python, inputs.layout.events_socket))
         return replace(inputs, event_listener_command=command)
 
     def start(self, ctx: Context) -> None:
@@ -96,13 +100,11 @@ class ProgramEvents(Extension):
                 return
             if data == _STOP:
                 return
-            try:
-                event = json.loads(data)
-            except ValueError:
+            event = event_listener.parse_tokens(data.decode(errors="replace"))
+            if "eventname" not in event:
                 log.warning("ignored a malformed event datagram (%d bytes)", len(data))
                 continue
-            if isinstance(event, dict):
-                submit("program_event", "supervisord", **{str(k): str(v) for k, v in event.items()})
+            submit("program_event", "supervisord", **event)
 
     def on_event(self, event: dict[str, str]) -> str | None:
         """On the main loop: count the restart an event records, and say so."""

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import json
-import os
 import subprocess
 import sys
 import threading
@@ -328,12 +326,23 @@ def test_listener_program_forwards_datagrams(tmp_path: Path) -> None:
         sock.bind(str(path))
         sock.settimeout(10)
         data = frame("PROCESS_STATE_STARTING", "processname:nginx groupname:nginx from_state:BACKOFF tries:1")
-        proc = subprocess.run([sys.executable, "-m", "jrd.event_listener", str(path)], input=data, capture_output=True,
-                              timeout=30, env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+        # Exactly as supervisord runs it: isolated, without site-packages.
+        proc = subprocess.run(events.listener_argv(Path(sys.executable), path), input=data, capture_output=True,
+                              timeout=30)
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout == b"READY\nRESULT 2\nOKREADY\n"
-        event = json.loads(sock.recv(4096))
+        event = event_listener.parse_tokens(sock.recv(4096).decode())
     assert events.restart_reason(event) == "crash"
+    assert event["processname"] == "nginx" and event["serial"] == "1"
+
+
+def test_listener_imports_only_builtin_modules() -> None:
+    """It runs for as long as jrd does: no site-packages, and none of the stdlib's heavier modules."""
+    python, *flags = events.listener_argv(Path(sys.executable), Path("/nonexistent.sock"))
+    proc = subprocess.run([python, "-X", "importtime", *flags], input=b"", capture_output=True, timeout=30)
+    assert proc.returncode == 0 and proc.stdout == b"READY\n", proc.stderr
+    loaded = {line.rpartition("|")[2].strip() for line in proc.stderr.decode().splitlines()}
+    assert not loaded & {"json", "socket", "typing", "re", "enum", "site", "jrd"}, loaded
 
 
 @pytest.mark.parametrize(
