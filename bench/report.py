@@ -41,6 +41,7 @@ BENCHES = {
     "ctl": "jrdctl",
     "metrics": "The metrics endpoint",
     "idle": "Idle stop",
+    "server_side": "Server-side execution: the document store, and a long cell with no tab open",
 }
 
 
