@@ -41,6 +41,7 @@ BENCHES = {
     "ctl": "jrdctl",
     "metrics": "The metrics endpoint",
     "idle": "Idle stop",
+    "server_side": "Server-side execution: the document store, and a long cell with no tab open",
 }
 
 
@@ -259,6 +260,15 @@ def section(name: str, record: dict[str, Any], figs: list[Figure], chart: str | 
         out += [*(f"- {n}" for n in record["notes"]), ""]
     if chart:
         out += [chart, ""]
+    for path in sorted(OUT.glob(f"{name}--*.json")):
+        # A longer run of the same bench, alone (`bench/bench_NAME.py ... --out DIR`, its JSON kept as
+        # docs/bench/NAME--WHAT.json): shown under the regular run, which `make bench` repeats.
+        extra, extra_figs = load(path)
+        extra_params = ", ".join(f"{k} = {v}" for k, v in extra["params"].items() if not isinstance(v, dict))
+        out += [f"A longer run, alone (not repeated by `make bench`): {minutes(extra['seconds'])}, started "
+                f"{extra['started'][:16].replace('T', ' ')} UTC, load average {extra['load_average_1m'][0]} → "
+                f"{extra['load_average_1m'][1]}; {extra_params}.", "", table(extra_figs), "",
+                *(f"- {n}" for n in extra["notes"]), ""]
     if record["reading"]:
         out += ["Reading it:", "", *(f"- {r}" for r in record["reading"]), ""]
     return out
