@@ -163,7 +163,7 @@ def test_a_hold_prevents_the_stop_until_it_is_released(make_jrd) -> None:
     j.start()
     res = j.jrdctl("hold", "1h", "--reason", "training run")
     assert res.returncode == 0 and "held until" in res.stdout, res.stdout + res.stderr
-    time.sleep(AFTER + 12)
+    time.sleep(AFTER + 5)  # past the idle deadline, with a sample a second
     assert not runs(marker)
     idle = idle_status(j)
     assert idle["hold"]["reason"] == "training run" and idle["signals"]["hold"]["last_active"] > time.time() - 10
@@ -179,7 +179,7 @@ def test_a_hold_prevents_the_stop_until_it_is_released(make_jrd) -> None:
 
 def test_a_failing_stop_command_is_logged_once_counted_and_jrd_keeps_serving(make_jrd) -> None:
     """The command exits 3: one error line, jrd_idle_stops_total{result="failure"} 1, Jupyter serves again."""
-    j, marker = idle_jrd(make_jrd, status=3, after=0.5)
+    j, marker = idle_jrd(make_jrd, status=3, after=0.35)
     j.start()
     wait_for(lambda: runs(marker), 30 + 60, "the stop command to run")
     wait_for(lambda: "the stop command" in j.read_output() and "failed" in j.read_output(), 20, "the failure")
@@ -190,7 +190,7 @@ def test_a_failing_stop_command_is_logged_once_counted_and_jrd_keeps_serving(mak
     assert metrics['jrd_idle_stops_total{result="failure"}'] == 1
     idle = idle_status(j)
     assert idle["stops"] == {"success": 0, "failure": 1} and "exit status 3" in idle["last_error"]
-    assert not idle["stopping"] and idle["stop_at"] > time.time() + 10  # the clock starts again
+    assert not idle["stopping"] and idle["stop_at"] > time.time() + 5  # the clock starts again
 
 
 def test_jrdctl_idle_says_off_when_off(make_jrd) -> None:
