@@ -210,19 +210,19 @@ class JrdCollector:
             # After supervisord, which names the PIDs; /proc does not hang.
             got["proc"] = self._read("proc", lambda: {n: self.procs.usage(i.pid) for n, i in procs.items()
                                                       if n in states.PROGRAMS and i.pid})
-        yield from self._programs(procs)
-        yield from self._restarts(ledger)
-        yield from self._trees((got["proc"][0] if "proc" in got else None) or {})
-        yield from self._certificates(got["certificates"][0] or {})
-        yield from self._reloads(ledger)
-        yield from self._jupyter_metrics(got["jupyter"][0])
+        yield from _programs(procs)
+        yield from _restarts(ledger)
+        yield from _trees((got["proc"][0] if "proc" in got else None) or {})
+        yield from _certificates(got["certificates"][0] or {})
+        yield from _reloads(ledger)
+        yield from _jupyter_metrics(got["jupyter"][0])
         if server_side:
-            yield from self._server_side_executions(got["server_side_executions"][0])
-        yield from self._nginx(got["nginx"][0])
-        yield from self._probes(ledger)
-        yield from self._serving(ledger)
+            yield from _server_side_executions(got["server_side_executions"][0])
+        yield from _nginx(got["nginx"][0])
+        yield from _probes(ledger)
+        yield from _serving(ledger)
         if self._idle is not None:
-            yield from self._idle_metrics(self._idle())
+            yield from _idle_metrics(self._idle(), self._wall())
         info = _gauge("jrd_build_info", "jrd's version; always 1.", ["version"])
         info.add_metric([__version__], 1)
         yield info
@@ -236,202 +236,218 @@ class JrdCollector:
         yield ok
         yield took
 
-    # --- supervised programs -------------------------------------------------------
-    def _programs(self, procs: dict[str, ProcessInfo] | None) -> Iterator[Metric]:
-        sup = _gauge("jrd_supervisord_up", "Whether supervisord answered this scrape over XML-RPC.")
-        sup.add_metric([], 0 if procs is None else 1)
-        yield sup
-        up = _gauge("jrd_program_up",
-                    "Whether supervisord reports the program RUNNING (0 if supervisord is unresponsive).",
-                    ["program"])
-        state = _gauge("jrd_program_state", "The program's supervisord state: 1 for the current one, 0 for the others.",
-                       ["program", "state"])
-        started = _gauge("jrd_program_start_timestamp_seconds", "When the running program started, as a Unix time.",
-                         ["program"])
-        for name in states.PROGRAMS:
-            info = procs.get(name) if procs is not None else None
-            current = info.state if info is not None else states.UNKNOWN
-            up.add_metric([name], 1 if current == states.RUNNING else 0)
-            for s in states.PROGRAM_STATES:
-                state.add_metric([name, s], 1 if s == current else 0)
-            if info is not None and info.running:
-                started.add_metric([name], info.start)
-        yield up
-        yield state
-        yield started
 
-    def _restarts(self, ledger: Snapshot) -> Iterator[Metric]:
-        restarts = ledger.restarts
-        m = _counter("jrd_program_restarts", "Restarts of a program, by why (counted from supervisord's events).",
-                     ["program", "reason"])
-        for name in states.PROGRAMS:
-            for reason in states.RESTART_REASONS:
-                m.add_metric([name, reason], restarts.get((name, reason), 0))
-        yield m
+# --- the families, each from what the scrape read: supervised programs ----------------------
 
-    def _trees(self, trees: dict[str, TreeUsage]) -> Iterator[Metric]:
-        rss = _gauge("jrd_program_resident_memory_bytes",
-                     "Resident memory of the program and all its child processes (Jupyter's kernels included).",
+
+def _programs(procs: dict[str, ProcessInfo] | None) -> Iterator[Metric]:
+    sup = _gauge("jrd_supervisord_up", "Whether supervisord answered this scrape over XML-RPC.")
+    sup.add_metric([], 0 if procs is None else 1)
+    yield sup
+    up = _gauge("jrd_program_up",
+                "Whether supervisord reports the program RUNNING (0 if supervisord is unresponsive).",
+                ["program"])
+    state = _gauge("jrd_program_state", "The program's supervisord state: 1 for the current one, 0 for the others.",
+                   ["program", "state"])
+    started = _gauge("jrd_program_start_timestamp_seconds", "When the running program started, as a Unix time.",
                      ["program"])
-        cpu = _counter("jrd_program_cpu_seconds",
-                       "CPU time of the program and all its child processes, user and system.", ["program"])
-        count = _gauge("jrd_program_processes", "Processes in the program's tree.", ["program"])
-        for name, usage in sorted(trees.items()):
-            rss.add_metric([name], usage.rss_bytes)
-            cpu.add_metric([name], usage.cpu_seconds)
-            count.add_metric([name], usage.processes)
-        yield rss
-        yield cpu
-        yield count
+    for name in states.PROGRAMS:
+        info = procs.get(name) if procs is not None else None
+        current = info.state if info is not None else states.UNKNOWN
+        up.add_metric([name], 1 if current == states.RUNNING else 0)
+        for s in states.PROGRAM_STATES:
+            state.add_metric([name, s], 1 if s == current else 0)
+        if info is not None and info.running:
+            started.add_metric([name], info.start)
+    yield up
+    yield state
+    yield started
 
-    # --- certificates and config --------------------------------------------------
-    def _certificates(self, status: dict[str, Any]) -> Iterator[Metric]:
-        not_after = _gauge("jrd_certificate_not_after_timestamp_seconds",
-                           "When the certificate expires (its notAfter), as a Unix time.", ["cert"])
-        for role in ("leaf", "ca"):
-            entry = status.get(role)
-            if isinstance(entry, dict) and isinstance(entry.get("not_after"), (int, float)):
-                not_after.add_metric([role], entry["not_after"])
-        yield not_after
-        renewals = status.get("renewals") if isinstance(status.get("renewals"), dict) else {}
-        m = _counter("jrd_certificate_renewals", "Certificate renewals since jrd started, by result.", ["result"])
-        for result in (states.RESULT_SUCCESS, states.RESULT_FAILURE):
-            value = renewals.get(result, 0)
-            m.add_metric([result], value if isinstance(value, (int, float)) else 0)
-        yield m
-        last = status.get("last_renewal_success")
-        if isinstance(last, (int, float)):
-            g = _gauge("jrd_certificate_last_renewal_success_timestamp_seconds",
-                       "When jrd last renewed the certificate successfully, as a Unix time.")
-            g.add_metric([], last)
-            yield g
-        acme = status.get("acme")
-        if isinstance(acme, dict):
-            yield from _acme_metrics(acme)
 
-    def _reloads(self, ledger: Snapshot) -> Iterator[Metric]:
-        rec = ledger.reloads
-        m = _counter("jrd_config_reloads", "Config reloads since jrd started, by result.", ["result"])
-        m.add_metric([states.RESULT_SUCCESS], rec.successes)
-        m.add_metric([states.RESULT_FAILURE], rec.failures)
-        yield m
-        ok = _gauge("jrd_config_last_reload_successful", "Whether the last config reload succeeded (the start counts).")
-        ok.add_metric([], 0 if rec.ok is False else 1)
-        yield ok
-        at = _gauge("jrd_config_last_reload_success_timestamp_seconds",
-                    "When the config was last loaded successfully (at start or by a reload), as a Unix time.")
-        at.add_metric([], rec.last_success_at or ledger.started_at)
+def _restarts(ledger: Snapshot) -> Iterator[Metric]:
+    restarts = ledger.restarts
+    m = _counter("jrd_program_restarts", "Restarts of a program, by why (counted from supervisord's events).",
+                 ["program", "reason"])
+    for name in states.PROGRAMS:
+        for reason in states.RESTART_REASONS:
+            m.add_metric([name, reason], restarts.get((name, reason), 0))
+    yield m
+
+
+def _trees(trees: dict[str, TreeUsage]) -> Iterator[Metric]:
+    rss = _gauge("jrd_program_resident_memory_bytes",
+                 "Resident memory of the program and all its child processes (Jupyter's kernels included).",
+                 ["program"])
+    cpu = _counter("jrd_program_cpu_seconds",
+                   "CPU time of the program and all its child processes, user and system.", ["program"])
+    count = _gauge("jrd_program_processes", "Processes in the program's tree.", ["program"])
+    for name, usage in sorted(trees.items()):
+        rss.add_metric([name], usage.rss_bytes)
+        cpu.add_metric([name], usage.cpu_seconds)
+        count.add_metric([name], usage.processes)
+    yield rss
+    yield cpu
+    yield count
+
+
+# --- certificates and config --------------------------------------------------
+
+
+def _certificates(status: dict[str, Any]) -> Iterator[Metric]:
+    not_after = _gauge("jrd_certificate_not_after_timestamp_seconds",
+                       "When the certificate expires (its notAfter), as a Unix time.", ["cert"])
+    for role in ("leaf", "ca"):
+        entry = status.get(role)
+        if isinstance(entry, dict) and isinstance(entry.get("not_after"), (int, float)):
+            not_after.add_metric([role], entry["not_after"])
+    yield not_after
+    renewals = status.get("renewals") if isinstance(status.get("renewals"), dict) else {}
+    m = _counter("jrd_certificate_renewals", "Certificate renewals since jrd started, by result.", ["result"])
+    for result in (states.RESULT_SUCCESS, states.RESULT_FAILURE):
+        value = renewals.get(result, 0)
+        m.add_metric([result], value if isinstance(value, (int, float)) else 0)
+    yield m
+    last = status.get("last_renewal_success")
+    if isinstance(last, (int, float)):
+        g = _gauge("jrd_certificate_last_renewal_success_timestamp_seconds",
+                   "When jrd last renewed the certificate successfully, as a Unix time.")
+        g.add_metric([], last)
+        yield g
+    acme = status.get("acme")
+    if isinstance(acme, dict):
+        yield from _acme_metrics(acme)
+
+
+def _reloads(ledger: Snapshot) -> Iterator[Metric]:
+    rec = ledger.reloads
+    m = _counter("jrd_config_reloads", "Config reloads since jrd started, by result.", ["result"])
+    m.add_metric([states.RESULT_SUCCESS], rec.successes)
+    m.add_metric([states.RESULT_FAILURE], rec.failures)
+    yield m
+    ok = _gauge("jrd_config_last_reload_successful", "Whether the last config reload succeeded (the start counts).")
+    ok.add_metric([], 0 if rec.ok is False else 1)
+    yield ok
+    at = _gauge("jrd_config_last_reload_success_timestamp_seconds",
+                "When the config was last loaded successfully (at start or by a reload), as a Unix time.")
+    at.add_metric([], rec.last_success_at or ledger.started_at)
+    yield at
+
+
+# --- Jupyter and nginx -----------------------------------------------------------
+
+
+def _jupyter_metrics(activity: JupyterActivity | None) -> Iterator[Metric]:
+    up = _gauge("jrd_jupyter_api_up", "Whether Jupyter's /api/status answered this scrape.")
+    up.add_metric([], 0 if activity is None else 1)
+    yield up
+    if activity is None:
+        return
+    for name, doc, value in (
+        ("jrd_jupyter_kernels", "Kernels running in Jupyter.", activity.kernels),
+        ("jrd_jupyter_kernels_busy", "Kernels executing code now.", activity.busy_kernels),
+        ("jrd_jupyter_connections", "Open kernel connections (websockets) to Jupyter.", activity.connections),
+        ("jrd_jupyter_last_activity_timestamp_seconds", "Jupyter's last user activity, as a Unix time.",
+         activity.last_activity),
+        ("jrd_jupyter_start_timestamp_seconds", "When the Jupyter server started, as a Unix time.",
+         activity.started),
+    ):
+        g = _gauge(name, doc)
+        g.add_metric([], value)
+        yield g
+
+
+def _server_side_executions(counts: ServerSideExecutions | None) -> Iterator[Metric]:
+    if counts is None:
+        return
+    started = _counter("jrd_jupyter_server_side_executions_started",
+                       "Cells begun on the server ([jupyter] server_side_execution) since Jupyter started.")
+    started.add_metric([], counts.started)
+    yield started
+    ended = _counter("jrd_jupyter_server_side_executions",
+                     "Cells run on the server ([jupyter] server_side_execution) since Jupyter started, "
+                     "by result (error: an exception or an interrupt).", ["result"])
+    ended.add_metric(["ok"], counts.ok)
+    ended.add_metric(["error"], counts.error)
+    yield ended
+
+
+def _nginx(stub: dict[str, int] | None) -> Iterator[Metric]:
+    up = _gauge("jrd_nginx_stub_status_up", "Whether nginx's stub_status answered this scrape.")
+    up.add_metric([], 0 if stub is None else 1)
+    yield up
+    if stub is None:
+        return
+    for key in ("active", "reading", "writing", "waiting"):
+        g = _gauge(f"jrd_nginx_connections_{key}", f"nginx client connections: {key}.")
+        g.add_metric([], stub[key])
+        yield g
+    for name, key, doc in (
+        ("jrd_nginx_connections_accepted", "accepts", "Client connections nginx accepted."),
+        ("jrd_nginx_connections_handled", "handled", "Client connections nginx handled."),
+        ("jrd_nginx_http_requests", "requests", "HTTP requests nginx served."),
+    ):
+        c = _counter(name, doc)
+        c.add_metric([], stub[key])
+        yield c
+
+
+def _probes(ledger: Snapshot) -> Iterator[Metric]:
+    last = ledger.probes
+    ok = _gauge("jrd_probe_success", "Whether jrd's last health probe of the program succeeded.", ["program"])
+    took = _gauge("jrd_probe_duration_seconds", "How long jrd's last health probe of the program took.",
+                  ["program"])
+    at = _gauge("jrd_probe_timestamp_seconds", "When jrd last probed the program, as a Unix time.", ["program"])
+    failures = _gauge("jrd_probe_consecutive_failures",
+                      "Failed health probes in a row that count towards an unhealthy restart.", ["program"])
+    for name in states.PROGRAMS:
+        outcome = last.get(name)
+        if outcome is None:
+            continue
+        ok.add_metric([name], 1 if outcome.ok else 0)
+        took.add_metric([name], outcome.latency)
+        at.add_metric([name], outcome.at)
+        failures.add_metric([name], ledger.probe_failures.get(name, 0))
+    yield ok
+    yield took
+    yield at
+    yield failures
+
+
+def _serving(ledger: Snapshot) -> Iterator[Metric]:
+    serving = ledger.serving
+    if serving is None:
+        return
+    up = _gauge("jrd_serving", "Whether Jupyter answered through nginx at jrd's last check (1) or not (0).")
+    up.add_metric([], 1 if serving.ok else 0)
+    yield up
+    at = _gauge("jrd_serving_checked_timestamp_seconds", "When jrd last checked that it serves, as a Unix time.")
+    at.add_metric([], serving.checked_at)
+    yield at
+
+
+def _idle_metrics(rec: Any, now: float) -> Iterator[Metric]:
+    on = _gauge("jrd_idle_stop_enabled", "Whether jrd stops the machine when it is idle ([idle]).")
+    on.add_metric([], 1 if rec.enabled else 0)
+    yield on
+    stops = _counter("jrd_idle_stops", "Idle stops since jrd started, by the stop command's result.", ["result"])
+    for result in (states.RESULT_SUCCESS, states.RESULT_FAILURE):
+        stops.add_metric([result], (rec.stops or {}).get(result, 0))
+    yield stops
+    holds = _gauge("jrd_idle_holds_active", "Holds (jrdctl hold) keeping the machine up now.")
+    holds.add_metric([], 1 if rec.hold_until is not None and rec.hold_until > now else 0)
+    yield holds
+    if not rec.enabled or rec.idle_since is None:
+        return
+    idle = _gauge("jrd_idle_seconds", "How long no activity signal has moved.")
+    idle.add_metric([], max(0.0, now - rec.idle_since))
+    yield idle
+    warned = _gauge("jrd_idle_stop_warning", "Whether the warning that the machine will stop is out.")
+    warned.add_metric([], 1 if rec.warned else 0)
+    yield warned
+    if rec.deadline is not None:
+        at = _gauge("jrd_idle_stop_timestamp_seconds", "When jrd will stop the idle machine, as a Unix time.")
+        at.add_metric([], rec.deadline)
         yield at
-
-    # --- Jupyter and nginx -----------------------------------------------------------
-    def _jupyter_metrics(self, activity: JupyterActivity | None) -> Iterator[Metric]:
-        up = _gauge("jrd_jupyter_api_up", "Whether Jupyter's /api/status answered this scrape.")
-        up.add_metric([], 0 if activity is None else 1)
-        yield up
-        if activity is None:
-            return
-        for name, doc, value in (
-            ("jrd_jupyter_kernels", "Kernels running in Jupyter.", activity.kernels),
-            ("jrd_jupyter_kernels_busy", "Kernels executing code now.", activity.busy_kernels),
-            ("jrd_jupyter_connections", "Open kernel connections (websockets) to Jupyter.", activity.connections),
-            ("jrd_jupyter_last_activity_timestamp_seconds", "Jupyter's last user activity, as a Unix time.",
-             activity.last_activity),
-            ("jrd_jupyter_start_timestamp_seconds", "When the Jupyter server started, as a Unix time.",
-             activity.started),
-        ):
-            g = _gauge(name, doc)
-            g.add_metric([], value)
-            yield g
-
-    def _server_side_executions(self, counts: ServerSideExecutions | None) -> Iterator[Metric]:
-        if counts is None:
-            return
-        started = _counter("jrd_jupyter_server_side_executions_started",
-                           "Cells begun on the server ([jupyter] server_side_execution) since Jupyter started.")
-        started.add_metric([], counts.started)
-        yield started
-        ended = _counter("jrd_jupyter_server_side_executions",
-                         "Cells run on the server ([jupyter] server_side_execution) since Jupyter started, "
-                         "by result (error: an exception or an interrupt).", ["result"])
-        ended.add_metric(["ok"], counts.ok)
-        ended.add_metric(["error"], counts.error)
-        yield ended
-
-    def _nginx(self, stub: dict[str, int] | None) -> Iterator[Metric]:
-        up = _gauge("jrd_nginx_stub_status_up", "Whether nginx's stub_status answered this scrape.")
-        up.add_metric([], 0 if stub is None else 1)
-        yield up
-        if stub is None:
-            return
-        for key in ("active", "reading", "writing", "waiting"):
-            g = _gauge(f"jrd_nginx_connections_{key}", f"nginx client connections: {key}.")
-            g.add_metric([], stub[key])
-            yield g
-        for name, key, doc in (
-            ("jrd_nginx_connections_accepted", "accepts", "Client connections nginx accepted."),
-            ("jrd_nginx_connections_handled", "handled", "Client connections nginx handled."),
-            ("jrd_nginx_http_requests", "requests", "HTTP requests nginx served."),
-        ):
-            c = _counter(name, doc)
-            c.add_metric([], stub[key])
-            yield c
-
-    def _probes(self, ledger: Snapshot) -> Iterator[Metric]:
-        last = ledger.probes
-        ok = _gauge("jrd_probe_success", "Whether jrd's last health probe of the program succeeded.", ["program"])
-        took = _gauge("jrd_probe_duration_seconds", "How long jrd's last health probe of the program took.",
-                      ["program"])
-        at = _gauge("jrd_probe_timestamp_seconds", "When jrd last probed the program, as a Unix time.", ["program"])
-        failures = _gauge("jrd_probe_consecutive_failures",
-                          "Failed health probes in a row that count towards an unhealthy restart.", ["program"])
-        for name in states.PROGRAMS:
-            outcome = last.get(name)
-            if outcome is None:
-                continue
-            ok.add_metric([name], 1 if outcome.ok else 0)
-            took.add_metric([name], outcome.latency)
-            at.add_metric([name], outcome.at)
-            failures.add_metric([name], ledger.probe_failures.get(name, 0))
-        yield ok
-        yield took
-        yield at
-        yield failures
-
-    def _serving(self, ledger: Snapshot) -> Iterator[Metric]:
-        serving = ledger.serving
-        if serving is None:
-            return
-        up = _gauge("jrd_serving", "Whether Jupyter answered through nginx at jrd's last check (1) or not (0).")
-        up.add_metric([], 1 if serving.ok else 0)
-        yield up
-        at = _gauge("jrd_serving_checked_timestamp_seconds", "When jrd last checked that it serves, as a Unix time.")
-        at.add_metric([], serving.checked_at)
-        yield at
-
-    def _idle_metrics(self, rec: Any) -> Iterator[Metric]:
-        on = _gauge("jrd_idle_stop_enabled", "Whether jrd stops the machine when it is idle ([idle]).")
-        on.add_metric([], 1 if rec.enabled else 0)
-        yield on
-        stops = _counter("jrd_idle_stops", "Idle stops since jrd started, by the stop command's result.", ["result"])
-        for result in (states.RESULT_SUCCESS, states.RESULT_FAILURE):
-            stops.add_metric([result], (rec.stops or {}).get(result, 0))
-        yield stops
-        now = self._wall()
-        holds = _gauge("jrd_idle_holds_active", "Holds (jrdctl hold) keeping the machine up now.")
-        holds.add_metric([], 1 if rec.hold_until is not None and rec.hold_until > now else 0)
-        yield holds
-        if not rec.enabled or rec.idle_since is None:
-            return
-        idle = _gauge("jrd_idle_seconds", "How long no activity signal has moved.")
-        idle.add_metric([], max(0.0, now - rec.idle_since))
-        yield idle
-        warned = _gauge("jrd_idle_stop_warning", "Whether the warning that the machine will stop is out.")
-        warned.add_metric([], 1 if rec.warned else 0)
-        yield warned
-        if rec.deadline is not None:
-            at = _gauge("jrd_idle_stop_timestamp_seconds", "When jrd will stop the idle machine, as a Unix time.")
-            at.add_metric([], rec.deadline)
-            yield at
 
 
 def build_registry(collector: JrdCollector) -> CollectorRegistry:
