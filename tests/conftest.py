@@ -238,12 +238,14 @@ class Jrd:
         res = self.jrd("passwd", "--stdin", input=password + "\n")
         assert res.returncode == 0, res.stderr
 
+    def run_command(self) -> list[str]:
+        return [JRD, "run", "--config", str(self.config_path)]
+
     def start(self, timeout: float = 120) -> "Jrd":
         if not (self.state / "password").exists():
             self.set_password()
         log = open(self.base / "jrd.out", "w")
-        self.proc = subprocess.Popen([JRD, "run", "--config", str(self.config_path)], stdout=log,
-                                     stderr=subprocess.STDOUT, text=True)
+        self.proc = subprocess.Popen(self.run_command(), stdout=log, stderr=subprocess.STDOUT, text=True)
 
         def serving() -> bool:
             if self.proc.poll() is not None:

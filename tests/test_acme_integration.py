@@ -22,7 +22,6 @@ import http.client
 import json
 import socket
 import ssl
-import subprocess
 import sys
 import threading
 import time
@@ -98,20 +97,8 @@ class AcmeJrd(Jrd):
             text = text.replace('listen = ["127.0.0.1"]\nport', 'listen = ["0.0.0.0"]\nport', 1)
         self.config_path.write_text(text)
 
-    def start(self, timeout: float = 120) -> "AcmeJrd":
-        if not (self.state / "password").exists():
-            self.set_password()
-        log = open(self.base / "jrd.out", "w")
-        self.proc = subprocess.Popen([sys.executable, str(HERE), str(self.config_path), str(self.retry_seconds),
-                                      self.public_ip], stdout=log, stderr=subprocess.STDOUT, text=True)
-
-        def serving() -> bool:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"jrd exited with {self.proc.returncode}:\n{self.read_output()}")
-            return "is serving" in self.read_output()
-
-        wait_for(serving, timeout, "jrd to report serving")
-        return self
+    def run_command(self) -> list[str]:
+        return [sys.executable, str(HERE), str(self.config_path), str(self.retry_seconds), self.public_ip]
 
     def cert_show(self) -> dict:
         res = self.jrdctl("cert", "show", "--json")
