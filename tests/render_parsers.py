@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import inspect
 import shlex
 from typing import Any
 
@@ -106,5 +107,32 @@ def jupyter_settings(text: str) -> dict[str, Any]:
     ast.parse(text)
     c = _Recorder()
     exec(compile(text, "jupyter_server_config.py", "exec"), {"get_config": lambda: c})  # noqa: S102
-    return {f"{cls}.{key}": value.values if isinstance(value, _Recorder) else value
+    return {f"{cls}.{key}": _comparable(value.values if isinstance(value, _Recorder) else value)
             for cls, rec in c.values.items() for key, value in rec.values.items()}
+
+
+class ConfigFunction:
+    """A function the config file defines (a hook Jupyter calls): called as itself, and equal to
+    another when both do the same (same code, constants and defaults), as two renders' are."""
+
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def _what(self) -> tuple[Any, ...]:
+        code = self.fn.__code__
+        return code.co_code, code.co_consts, code.co_names, self.fn.__defaults__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ConfigFunction) and self._what() == other._what()
+
+    def __repr__(self) -> str:
+        return f"ConfigFunction({self.fn.__name__}, defaults={self.fn.__defaults__!r})"
+
+
+def _comparable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _comparable(v) for key, v in value.items()}
+    return ConfigFunction(value) if inspect.isfunction(value) else value

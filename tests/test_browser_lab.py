@@ -183,6 +183,8 @@ def test_a_tablet_logs_in_runs_a_cell_and_keeps_working_through_a_restart(lab_jr
                 saved = lab_jrd.notebooks / f"{NOTEBOOK}.ipynb"
                 wait_for(lambda: saved_outputs(saved) == ["2"], 30, f"{saved} with its output")
                 page.screenshot(path=str(ARTIFACTS / "lab-notebook.png"))
+                # A private server asks nothing about fetching news (JupyterLab asks once the page is up).
+                expect(page.get_by_text("official Jupyter news")).to_have_count(0)
 
                 heals_through_a_restart(lab_jrd, page, expect, saved)
                 restarting_page_returns_by_itself(lab_jrd, context, expect, base)

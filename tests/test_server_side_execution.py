@@ -16,7 +16,7 @@ from jrd.reload_plan import plan_reload
 from jrd.render import Account, RenderInputs, render_all, render_jupyter_config
 from jrd.execution_counter import CELL_EXECUTION_SCHEMA, ExecutionCounts
 from jrd.render.jupyter import (
-    EXECUTION_COUNTER_EXTENSION, SSX_COLLABORATION_UI, SSX_LABEXTENSIONS, SSX_SERVER_EXTENSIONS,
+    EXECUTION_COUNTER_EXTENSION, NEWS_QUESTION, SSX_COLLABORATION_UI, SSX_LABEXTENSIONS, SSX_SERVER_EXTENSIONS,
 )
 
 from render_parsers import jupyter_settings
@@ -48,7 +48,9 @@ def test_off_by_default_every_server_extension_is_off_and_the_page_never_sees_th
     assert settings["ServerApp.jpserver_extensions"] == {
         name: False for name in (*SSX_SERVER_EXTENSIONS, EXECUTION_COUNTER_EXTENSION)}
     assert not any(key.startswith(("YDocExtension.", "SQLiteYStore.", "BaseFileIdManager.")) for key in settings)
-    assert "ServerApp.tornado_settings" not in settings
+    # The page leaves out the news question alone.
+    hook = settings["ServerApp.tornado_settings"]["page_config_hook"]
+    assert hook(None, {"x": 1}) == {"disabledExtensions": [NEWS_QUESTION], "x": 1}
 
     def every_extension(path: list[str]) -> dict[str, Any]:
         return {name: {"name": name} for name in (*SSX_LABEXTENSIONS, "jupyterlab_pygments")}
@@ -81,8 +83,8 @@ def test_on_keeps_documents_for_ever_saves_them_and_keeps_its_store_out_of_the_n
     # The single-user page: the collaboration interface's plugins are disabled, nothing else is touched.
     hook = settings["ServerApp.tornado_settings"]["page_config_hook"]
     page = hook(None, {"disabledExtensions": ["@jupyterlab/notebook-extension:cell-executor"], "x": 1})
-    assert page == {"disabledExtensions": ["@jupyterlab/notebook-extension:cell-executor", *SSX_COLLABORATION_UI],
-                    "x": 1}
+    assert page == {"disabledExtensions": ["@jupyterlab/notebook-extension:cell-executor", NEWS_QUESTION,
+                                           *SSX_COLLABORATION_UI], "x": 1}
     assert "@jupyter/collaboration-extension:shared-link" in SSX_COLLABORATION_UI
 
 

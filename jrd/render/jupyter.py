@@ -19,6 +19,8 @@ SSX_LABEXTENSIONS = ("@jupyter/collaboration-extension", "@jupyter/docprovider-e
 # @jupyter/collaboration-extension); the document provider and executor stay.
 SSX_COLLABORATION_UI = tuple("@jupyter/collaboration-extension:" + plugin for plugin in (
     "shared-link", "userMenu", "user-menu-bar", "rtcPanel", "rtcGlobalAwareness", "userEditorCursors"))
+# Always left out of the page: the question whether to fetch news, which is off.
+NEWS_QUESTION = "@jupyterlab/apputils-extension:announcements"
 # A document still for this long has its history squashed into one update.
 YSTORE_SQUASH_SECONDS = 600
 
@@ -97,5 +99,5 @@ def render_jupyter_config(inp: RenderInputs) -> str:
         labextensions=repr(set(SSX_LABEXTENSIONS)),
         store_dir=repr(str(inp.layout.collaboration_dir)),
         ystore_squash_seconds=YSTORE_SQUASH_SECONDS,
-        collaboration_ui=repr(list(SSX_COLLABORATION_UI)),
+        disabled_plugins=repr([NEWS_QUESTION, *(SSX_COLLABORATION_UI if ssx else ())]),
     )
