@@ -34,7 +34,8 @@ import pytest
 import requests
 
 from conftest import JRDCTL, PASSWORD, Jrd, descendants, parse_exposition, short_tmp, wait_for
-from test_browser_lab import CHROMIUM_FLAGS, HOST, PAGE_TIMEOUT_MS, log_in, sync_playwright, tool, trusting_home
+from test_browser_lab import (CHROMIUM_FLAGS, HOST, PAGE_TIMEOUT_MS, log_in, saved_outputs, sync_playwright, tool,
+                              trusting_home)
 
 pytestmark = pytest.mark.integration
 
@@ -180,6 +181,25 @@ def run_cell(page: Any, notebook: Any, code: str) -> Any:
     return cell
 
 
+def rooms_synced_from_now(page: Any) -> list[str]:
+    """The URLs of the document websockets opened from now on, each once it has had a message from the
+    server (the first is the server's state of the document: from then on the tab is in step)."""
+    synced: list[str] = []
+
+    def opened(ws: Any) -> None:
+        if "/api/collaboration/room/" in ws.url:
+            ws.once("framereceived", lambda _: synced.append(ws.url))
+    page.on("websocket", opened)
+    return synced
+
+
+def wait_until_synced(page: Any, synced: list[str], seconds: float = 45) -> None:
+    deadline = time.monotonic() + seconds
+    while not synced:
+        assert time.monotonic() < deadline, "the open notebook never synced with the new Jupyter"
+        page.wait_for_timeout(100)  # lets Playwright deliver the websocket events
+
+
 def start_printing_cell(page: Any, notebook: Any, lines: int, until: Path | None = None) -> Any:
     """A cell that prints a numbered line a second, `lines` of them or until the file `until` exists, then
     how many it printed; returns once it has printed two."""
@@ -301,14 +321,14 @@ def test_normal_use_image_input_interrupt_and_a_kernel_restart(lab: Lab) -> None
         expect(cell.locator(".jp-OutputArea-output")).to_have_text("(False, 42)")
         expect(cell.locator(".jp-InputArea-prompt")).to_have_text("[1]:")
 
-        def saved_outputs() -> list[str]:
+        def saved_kinds() -> list[str]:
             try:
                 cells = json.loads(saved.read_text())["cells"]
             except (OSError, ValueError):
                 return []
             return [key for c in cells for o in c.get("outputs", []) for key in o.get("data", {"stream": 1})]
 
-        wait_for(lambda: "image/png" in saved_outputs() and saved_outputs().count("text/plain") >= 3, 30,
+        wait_for(lambda: "image/png" in saved_kinds() and saved_kinds().count("text/plain") >= 3, 30,
                  f"the image and the results in {saved}")
     finally:
         context.close()
@@ -324,9 +344,12 @@ def test_the_tab_heals_through_a_restart_of_jupyter(lab: Lab) -> None:
         notebook = lab.open(page, saved.name)
         cell = run_cell(page, notebook, "1+1")
         expect(cell.locator(".jp-OutputArea-output")).to_have_text("2")
+        # The server saves by itself: the restart comes once the result is on disk, as a person's would.
+        wait_for(lambda: saved_outputs(saved) == ["2"], 30, f"{saved} with its output")
         page.evaluate("window.jrdTestMarker = 'same page'")
         old_jupyter = j.supervisor_pid("jupyter")
         banner = page.locator("#jrd-heal-banner")
+        synced = rooms_synced_from_now(page)
         restart = subprocess.run([JRDCTL, "--config", str(j.config_path), "restart", "jupyter"],
                                  capture_output=True, text=True, timeout=120)
         assert restart.returncode == 0, restart.stdout + restart.stderr
@@ -336,6 +359,10 @@ def test_the_tab_heals_through_a_restart_of_jupyter(lab: Lab) -> None:
         assert page.evaluate("window.jrdHeal.history") == ["down", "up"]
         assert page.evaluate("window.jrdTestMarker") == "same page", "the page was reloaded"
         expect(page.get_by_role("contentinfo").get_by_role("button", name=IDLE)).to_be_visible()
+        # Typing waits for the document to be in step with the new Jupyter, as a person's eye would:
+        # keys pressed while it syncs can be lost.
+        wait_until_synced(page, synced)
+        expect(notebook.locator(".jp-CodeCell").first.locator(".cm-content")).to_have_text("1+1")
         cell = run_cell(page, notebook, "import os; os.getpid()")
         output = cell.locator(".jp-OutputArea-output")
         expect(output).to_have_text(re.compile(r"^\d+$"))
