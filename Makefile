@@ -36,9 +36,13 @@ run: install
 	@"$(BIN)/python" -m jrd.checkout explain
 	"$(BIN)/jrd" run --dev $(ARGS)
 
+# Most of the suite waits on real processes (idle deadlines, restarts, a browser), so two
+# pytest processes share it, each taking a whole test file at a time (a file's tests keep
+# their order and fixtures); TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
 test: install
 	@scripts/install-system-deps test
-	"$(BIN)/python" -m pytest
+	"$(BIN)/python" -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 unit: install
 	"$(BIN)/python" -m pytest -m "not integration"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
+import fcntl
 import functools
 import hashlib
 import json
@@ -36,10 +38,33 @@ TEST_USER = "jrdtest"
 PASSWORD = "correct horse battery staple"
 
 
+# The longest test files, longest first (seconds on 2 cores, 2026-12): with `make test`'s two
+# processes each taking a file at a time, starting with them keeps one process from being
+# left with a long file at the end.  Every other file follows, in its usual order.
+LONGEST_FILES = (
+    "test_idle_integration.py",  # 181 s, mostly waiting out idle deadlines
+    "test_faults.py",  # 143
+    "test_systemd.py",  # 79
+    "test_acme_integration.py",  # 70
+    "test_browser_server_side_execution.py",  # 68
+    "test_reload.py",  # 54
+    "test_core_integration.py",  # 46
+    "test_browser_idle.py",  # 42
+    "test_metrics_integration.py",  # 38
+    "test_ctl.py",  # 30
+    "test_renewal_integration.py",  # 30
+    "test_static_bundles.py",  # 24
+    "test_browser_lab.py",  # 22
+    "test_security.py",  # 19
+)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "integration" in item.nodeid or item.get_closest_marker("integration"):
             item.add_marker(pytest.mark.integration)
+    rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file keeps its order
 
 
 @functools.cache
@@ -54,16 +79,51 @@ def shared_cache_dir() -> Path:
 
     # One per environment: a copy is kept only for the JupyterLab build it was made from.
     cache = Path(tempfile.gettempdir()) / f"jrd-test-cache-{hashlib.sha256(sys.prefix.encode()).hexdigest()[:8]}"
-    cache.mkdir(mode=0o755, exist_ok=True)
-    cache.chmod(0o755)
-    build_copy(lab_static_dir(), cache / "lab-static")
+    with machine_lock("cache"):
+        cache.mkdir(mode=0o755, exist_ok=True)
+        cache.chmod(0o755)
+        build_copy(lab_static_dir(), cache / "lab-static")
     return cache
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# Each pytest-xdist worker hands out loopback ports from its own range, below the kernel's
+# ephemeral ports, so that two workers never pick the same one; in each range the next
+# port is tried until one binds.
+PORTS_PER_WORKER = 2500
+_next_port: list[int] = []
+
+
+def _worker_index() -> int:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    return int(worker[2:]) if worker[2:].isdigit() else 0
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """A loopback port nothing listens on now, never handed out before in this run."""
+    first = 20000 + _worker_index() * PORTS_PER_WORKER
+    if not _next_port:
+        _next_port.append(first + (os.getpid() % PORTS_PER_WORKER))
+    for _ in range(PORTS_PER_WORKER):
+        port = first + (_next_port[0] - first) % PORTS_PER_WORKER
+        _next_port[0] = port + 1
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free loopback port in {first}-{first + PORTS_PER_WORKER - 1}")
+
+
+@contextlib.contextmanager
+def machine_lock(name: str) -> Iterator[None]:
+    """Held by one test process at a time (pytest-xdist runs several): for what the machine has one of."""
+    with open(f"/tmp/jrd-tests-{name}.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def wait_for(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.05) -> object:
@@ -86,10 +146,11 @@ def ensure_test_user() -> str:
     """A throwaway non-root account for Jupyter, as a real install would use."""
     if os.geteuid() != 0:
         return pwd.getpwuid(os.geteuid()).pw_name
-    try:
-        pwd.getpwnam(TEST_USER)
-    except KeyError:
-        subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", TEST_USER], check=True)
+    with machine_lock("accounts"):
+        try:
+            pwd.getpwnam(TEST_USER)
+        except KeyError:
+            subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", TEST_USER], check=True)
     return TEST_USER
 
 

@@ -18,7 +18,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from conftest import JRDCTL, PASSWORD, Jrd, jrdctl_as, wait_for
+from conftest import JRDCTL, PASSWORD, Jrd, jrdctl_as, machine_lock, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -311,10 +311,12 @@ def test_cert_show_renew_and_ca(running_jrd: Jrd, tmp_path: Path) -> None:
 def outsider() -> Iterator[str]:
     """A throwaway account that does not own the daemon."""
     assert os.geteuid() == 0, "this test creates a user and needs root"
-    subprocess.run(["userdel", OUTSIDER], capture_output=True)
-    subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", OUTSIDER], check=True)
+    with machine_lock("accounts"):
+        subprocess.run(["userdel", OUTSIDER], capture_output=True)
+        subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", OUTSIDER], check=True)
     yield OUTSIDER
-    subprocess.run(["userdel", OUTSIDER], check=True)
+    with machine_lock("accounts"):
+        subprocess.run(["userdel", OUTSIDER], check=True)
 
 
 def test_non_owner_gets_a_clear_permission_denied(running_jrd: Jrd, outsider: str) -> None:
@@ -378,8 +380,9 @@ def test_control_group_members_may_use_it_and_others_are_told_who_may(outsider: 
                   certificate_status=unused)
 
     group = "jrdctl-testers"
-    subprocess.run(["groupdel", group], capture_output=True)
-    subprocess.run(["groupadd", group], check=True)
+    with machine_lock("accounts"):
+        subprocess.run(["groupdel", group], capture_output=True)
+        subprocess.run(["groupadd", group], check=True)
     base = Path(tempfile.mkdtemp(prefix="jrdctl-", dir="/tmp"))
     base.chmod(0o755)
     server = ControlServer(base / "control.sock", group)
@@ -395,6 +398,7 @@ def test_control_group_members_may_use_it_and_others_are_told_who_may(outsider: 
         assert res.returncode == 0, res.stderr
     finally:
         server.stop()
-        subprocess.run(["gpasswd", "-d", outsider, group], capture_output=True)
-        subprocess.run(["groupdel", group], check=True)
+        with machine_lock("accounts"):
+            subprocess.run(["gpasswd", "-d", outsider, group], capture_output=True)
+            subprocess.run(["groupdel", group], check=True)
         shutil.rmtree(base, ignore_errors=True)

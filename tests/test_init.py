@@ -191,7 +191,7 @@ def test_metadata_probe_refuses_a_private_or_garbled_answer(metadata: Any) -> No
 def test_metadata_probe_returns_at_once_when_nothing_listens() -> None:
     start = time.monotonic()
     assert init.public_ip_from_metadata(("127.0.0.1", free_port()), timeout=5) is None
-    assert time.monotonic() - start < 0.5
+    assert time.monotonic() - start < 2.5  # half the timeout: it did not wait
 
 
 def test_metadata_probe_never_hangs_on_a_service_that_does_not_answer() -> None:
@@ -200,9 +200,9 @@ def test_metadata_probe_never_hangs_on_a_service_that_does_not_answer() -> None:
         silent.bind(("127.0.0.1", 0))
         silent.listen(16)
         start = time.monotonic()
-        assert init.public_ip_from_metadata(silent.getsockname(), timeout=0.6) is None
+        assert init.public_ip_from_metadata(silent.getsockname(), timeout=1) is None
         elapsed = time.monotonic() - start
-    assert elapsed < 1.2, elapsed
+    assert elapsed < 2, elapsed
 
 
 # --- asking (no files changed) ------------------------------------------------------------------

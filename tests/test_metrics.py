@@ -156,7 +156,7 @@ def test_a_hung_source_is_bounded_and_not_asked_again_while_stuck(daemon: Daemon
         for _ in range(3):
             start = time.monotonic()
             m = scrape(collector)
-            assert time.monotonic() - start < 0.2 + 0.5 + 0.3
+            assert time.monotonic() - start < 0.2 + 1.3  # far from the 30 s the source hangs
             assert m["jrd_supervisord_up"] == 0 and m["jrd_jupyter_api_up"] == 1
         assert calls == 1  # still stuck: not asked again, so no threads pile up
     finally:

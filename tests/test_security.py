@@ -18,7 +18,7 @@ import pytest
 import requests
 import websocket
 
-from conftest import JRDCTL, PASSWORD, Jrd, open_kernel_ws, wait_for
+from conftest import JRDCTL, PASSWORD, Jrd, machine_lock, open_kernel_ws, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -30,10 +30,11 @@ WRONG_PASSWORD = "wrong guess for the security test"
 
 def other_account() -> str:
     """A throwaway local account that has nothing to do with jrd."""
-    try:
-        pwd.getpwnam(OTHER_USER)
-    except KeyError:
-        subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", OTHER_USER], check=True)
+    with machine_lock("accounts"):
+        try:
+            pwd.getpwnam(OTHER_USER)
+        except KeyError:
+            subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", OTHER_USER], check=True)
     return OTHER_USER
 
 
