@@ -243,6 +243,7 @@ class Daemon:
             self.supervision.deathwatch.stop()
         proc = self.supervision.supervisord
         if proc is not None:
+            self.supervisor.wake_all()
             status = stop_supervisord(proc, timeout=45)
             if status not in (0, -signal.SIGTERM):
                 log.warning("supervisord exited with status %s", status)

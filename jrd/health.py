@@ -191,13 +191,7 @@ class HealthMonitor(Extension):
             return False
         log.error("health: %s failed %d probes in a row while supervisord says RUNNING (last: %s); "
                   "restarting it as unhealthy", outcome.program, threshold, outcome.error)
-        try:
-            # A stopped (SIGSTOP) process cannot act on SIGTERM; continue it so
-            # that it shuts down gracefully, kernels included, instead of
-            # being killed after stopwaitsecs.
-            ctx.supervisor.signal(outcome.program, "CONT")
-        except SupervisorError:
-            pass
+        # The restart wakes a SIGSTOPped process first (Supervisor.stop), so that it shuts down gracefully.
         done = ctx.submit("restart", "health", program=outcome.program, reason=states.REASON_UNHEALTHY)
         done.add_done_callback(lambda f: f.exception() and log.error(
             "health: restarting %s as unhealthy failed: %s", outcome.program, f.exception()))

@@ -126,10 +126,26 @@ class Supervisor:
         self._call("startProcess", name, wait, timeout=self.timeout + 60)
 
     def stop(self, name: str, wait: bool = True) -> None:
+        self.wake(name)
         self._call("stopProcess", name, wait, timeout=self.timeout + 60)
 
     def signal(self, name: str, sig: str) -> None:
         self._call("signalProcess", name, sig)
+
+    # A SIGSTOPped program cannot act on the SIGTERM of a stop: supervisord would wait out its
+    # stopwaitsecs and SIGKILL it (Jupyter's kernels with it).  SIGCONT first, harmless to a
+    # running one, lets it shut down at once and gracefully.
+    def wake(self, name: str) -> None:
+        try:
+            self._call("signalProcess", name, "CONT", timeout=5)
+        except SupervisorError:
+            pass  # not running, or supervisord does not answer: the stop that follows says so
+
+    def wake_all(self) -> None:
+        try:
+            self._call("signalAllProcesses", "CONT", timeout=5)
+        except SupervisorError:
+            pass
 
     def update(self) -> tuple[list[str], list[str], list[str]]:
         """Apply a changed supervisord.conf as `supervisorctl update` does."""
@@ -175,6 +191,7 @@ def stop_supervisord(proc: "subprocess.Popen[bytes]", timeout: float) -> int:
     """SIGTERM supervisord (it stops its programs gracefully), then SIGKILL after `timeout`."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGCONT)  # a SIGSTOPped supervisord acts on it at once
     try:
         return proc.wait(timeout)
     except subprocess.TimeoutExpired:

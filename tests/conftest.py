@@ -115,6 +115,12 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
     raise RuntimeError(f"no free loopback port in {first}-{first + PORTS_PER_WORKER - 1}")
 
 
+def ctrl_c_stops_it() -> None:
+    """Popen's preexec_fn for a child that a test stops with SIGINT, as Ctrl-C at a terminal would: SIGINT
+    back to its default, even where the tests run with it ignored (a shell's `&` without job control)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @contextlib.contextmanager
 def machine_lock(name: str) -> Iterator[None]:
     """Held by one test process at a time (pytest-xdist runs several): for what the machine has one of."""

@@ -21,7 +21,7 @@ from typing import Iterator
 import pytest
 import requests
 
-from conftest import BIN, REPO, execute, free_port, open_kernel_ws, shared_cache_dir, wait_for
+from conftest import BIN, REPO, ctrl_c_stops_it, execute, free_port, open_kernel_ws, shared_cache_dir, wait_for
 from jrd.checkout import account_home, dev_places
 from jrd.static_cache import cache_key, lab_static_dir
 
@@ -85,7 +85,7 @@ def make_run(checkout: Path, tmp: Path) -> Run:
     with open(output, "wb") as out:
         proc = subprocess.Popen(["make", "run", f"USE_VENV={BIN.parent}", f"ARGS=--config {config}"], cwd=checkout,
                                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=ctrl_c_stops_it)
     run = Run(checkout, proc, output, port, places.home)
 
     def serving() -> bool:

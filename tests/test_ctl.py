@@ -18,7 +18,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from conftest import JRDCTL, PASSWORD, Jrd, jrdctl_as, machine_lock, wait_for
+from conftest import JRDCTL, PASSWORD, Jrd, ctrl_c_stops_it, jrdctl_as, machine_lock, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -225,7 +225,8 @@ def test_logs_table_json_and_follow(running_jrd: Jrd) -> None:
     assert data["program"] == "jupyter" and 0 < len(data["lines"]) <= 5
 
     follower = subprocess.Popen([JRDCTL, "--config", str(running_jrd.config_path), "logs", "nginx", "-f", "-n", "0"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=ctrl_c_stops_it)
     seen: list[str] = []
 
     def read() -> None:

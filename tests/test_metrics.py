@@ -85,6 +85,25 @@ def daemon(tmp_path: Path) -> Daemon:
     return Daemon(cfg)
 
 
+class RecordingRpc:
+    """Each call's method name and arguments, answered with nothing."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+
+    def __getattr__(self, method: str) -> Any:
+        return lambda *args: self.calls.append((method, *args))
+
+
+def test_every_stop_wakes_the_program_first_so_a_frozen_one_can_act_on_its_sigterm() -> None:
+    rpc = RecordingRpc()
+    sup = FakeSupervisor(rpc)  # type: ignore[arg-type]
+    sup.stop("jupyter")
+    sup.wake_all()
+    assert rpc.calls == [("signalProcess", "jupyter", "CONT"), ("stopProcess", "jupyter", True),
+                         ("signalAllProcesses", "CONT")]
+
+
 def scrape(collector: metrics.JrdCollector) -> dict[str, float]:
     registry = CollectorRegistry()
     registry.register(collector)
@@ -433,7 +452,6 @@ class FakeStack:
     def __init__(self, state: str = states.RUNNING):
         self.config = Config()
         self.submitted: list[tuple[str, dict[str, Any]]] = []
-        self.signals: list[tuple[str, str]] = []
         self.scheduled: list[tuple[str, float]] = []
         self.state = state
         self.ledger = Ledger()
@@ -442,9 +460,6 @@ class FakeStack:
         class Sup:
             def process(self, name: str) -> Any:
                 return SimpleNamespace(state=stack.state, start=1.0, uptime=1000.0)
-
-            def signal(self, name: str, sig: str) -> None:
-                stack.signals.append((name, sig))
 
         def submit(name: str, source: str, **args: Any) -> Any:
             from concurrent.futures import Future
@@ -471,7 +486,6 @@ def test_monitor_restarts_through_the_command_path() -> None:
         restarted = mon.on_result(health.ProbeOutcome("jupyter", False, 10.0, "TimeoutError: timed out", NOW))
     assert restarted
     assert d.submitted == [("restart", {"program": "jupyter", "reason": "unhealthy"})]
-    assert d.signals == [("jupyter", "CONT")]
     assert d.ledger.snapshot().probes["jupyter"].error == "TimeoutError: timed out"
 
 
