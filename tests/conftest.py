@@ -7,6 +7,7 @@ import contextlib
 import fcntl
 import functools
 import hashlib
+import http.client
 import json
 import os
 import pwd
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -192,6 +194,60 @@ def jrdctl_as(user: str) -> list[str]:
     if python[-1] == PYTHON and "env" not in python:
         return [*python[:-1], JRDCTL]
     return [*python, "-c", "import sys; sys.argv[0] = 'jrdctl'; from jrd.control.cli import main; sys.exit(main())"]
+
+
+class HandshakeLoad:
+    """Threads that GET /api on a fresh connection each time (a new TLS handshake) until stopped: every
+    failure is kept, and the serial of each certificate that answered a 200."""
+
+    def __init__(self, address: str, port: int, cafile: Path, host: str | None = None, threads: int = 2):
+        self.address, self.port, self.cafile, self.host = address, port, cafile, host
+        self.stop_event = threading.Event()
+        self.ok = 0
+        self.failures: list[str] = []
+        self.serials: set[int] = set()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    @classmethod
+    def to(cls, j: "Jrd", threads: int = 2) -> "HandshakeLoad":
+        """Load on a jrd by loopback, trusting its CA."""
+        return cls("127.0.0.1", j.port, j.ca, host=f"localhost:{j.port}", threads=threads)
+
+    def __enter__(self) -> "HandshakeLoad":
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_event.set()
+        for t in self._threads:
+            t.join(30)
+
+    def _run(self) -> None:
+        from cryptography import x509
+
+        ctx = ssl.create_default_context(cafile=str(self.cafile))
+        headers = {"Connection": "close", **({"Host": self.host} if self.host else {})}
+        while not self.stop_event.is_set():
+            conn = http.client.HTTPSConnection(self.address, self.port, timeout=10, context=ctx)
+            try:
+                conn.connect()
+                serial = x509.load_der_x509_certificate(conn.sock.getpeercert(binary_form=True)).serial_number
+                conn.request("GET", "/api", headers=headers)
+                resp = conn.getresponse()
+                resp.read()
+                with self._lock:
+                    if resp.status == 200:
+                        self.ok += 1
+                        self.serials.add(serial)
+                    else:
+                        self.failures.append(f"HTTP {resp.status}")
+            except (OSError, http.client.HTTPException) as exc:
+                with self._lock:
+                    self.failures.append(f"{type(exc).__name__}: {exc}")
+            finally:
+                conn.close()
 
 
 def pids_alive(pids: list[int]) -> list[int]:

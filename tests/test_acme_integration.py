@@ -18,12 +18,10 @@ is what a VM does, and 127.0.0.2 plays the VM's public address.
 from __future__ import annotations
 
 import datetime as dt
-import http.client
 import json
 import socket
 import ssl
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -34,7 +32,7 @@ if __name__ != "__main__":
     from cryptography import x509
 
     from acme_support import Pebble, free_port
-    from conftest import PASSWORD, Jrd, execute, short_tmp, wait_for
+    from conftest import PASSWORD, HandshakeLoad, Jrd, execute, short_tmp, wait_for
 
     pytestmark = pytest.mark.integration
 
@@ -298,51 +296,6 @@ def test_expired_certificate_on_disk_is_renewed_before_ready(acme_env) -> None:
     assert "expired" in j.read_output()
 
 
-class IpLoad:
-    """Threads making HTTPS requests to the "public" address on fresh connections, trusting Pebble's root only."""
-
-    def __init__(self, port: int, root: Path, address: str = "127.0.0.2"):
-        self.port, self.root, self.address = port, root, address
-        self.stop_event = threading.Event()
-        self.ok = 0
-        self.failures: list[str] = []
-        self.serials: set[int] = set()
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(2)]
-
-    def __enter__(self) -> "IpLoad":
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop_event.set()
-        for t in self._threads:
-            t.join(30)
-
-    def _run(self) -> None:
-        ctx = ssl.create_default_context(cafile=str(self.root))
-        while not self.stop_event.is_set():
-            conn = http.client.HTTPSConnection(self.address, self.port, timeout=10, context=ctx)
-            try:
-                conn.connect()
-                serial = x509.load_der_x509_certificate(conn.sock.getpeercert(binary_form=True)).serial_number
-                conn.request("GET", "/api", headers={"Connection": "close"})
-                resp = conn.getresponse()
-                resp.read()
-                with self._lock:
-                    if resp.status == 200:
-                        self.ok += 1
-                        self.serials.add(serial)
-                    else:
-                        self.failures.append(f"HTTP {resp.status}")
-            except (OSError, http.client.HTTPException) as exc:
-                with self._lock:
-                    self.failures.append(f"{type(exc).__name__}: {exc}")
-            finally:
-                conn.close()
-
-
 def test_forced_acme_renewals_under_load_keep_requests_and_a_websocket(acme_env) -> None:
     """`jrdctl cert renew --force` orders from the CA; new handshakes get it, nothing fails, a kernel's
     websocket stays open across the reloads; past the weekly count a forced order is refused, saying why."""
@@ -367,7 +320,7 @@ def test_forced_acme_renewals_under_load_keep_requests_and_a_websocket(acme_env)
         cookie=cookie, origin=base, header=[f"X-XSRFToken: {s.cookies.get('_xsrf')}"], timeout=60)
     try:
         assert execute(ws, "x = 41; x") == "41"
-        with IpLoad(j.port, root) as load:
+        with HandshakeLoad("127.0.0.2", j.port, root) as load:
             wait_for(lambda: load.ok >= 20, 30, "the load to get going")
             served = [served_cert(j.port, None, "127.0.0.2").serial_number]
             for _ in range(3):  # with the first order, 4 in the week: the most a forced order allows

@@ -25,7 +25,7 @@ from typing import Callable, Iterator
 import pytest
 import requests
 
-from conftest import PASSWORD, Jrd, execute, kernel_pids, open_kernel_ws, short_tmp, wait_for
+from conftest import PASSWORD, HandshakeLoad, Jrd, execute, kernel_pids, open_kernel_ws, short_tmp, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -204,37 +204,6 @@ def test_new_server_name_is_accepted_by_nginx(jrd: Jrd) -> None:
 # --- least disruption -------------------------------------------------------------------------
 
 
-class Load:
-    """Requests in a loop on fresh connections (a new TLS handshake each time) until stopped."""
-
-    def __init__(self, j: Jrd):
-        self.j, self.ok, self.failed, self.errors = j, 0, 0, []  # type: ignore[var-annotated]
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            try:
-                with self.j.session() as s:
-                    r = s.get(self.j.url("/api"), timeout=10)
-                if r.status_code == 200:
-                    self.ok += 1
-                else:
-                    self.failed += 1
-                    self.errors.append(f"HTTP {r.status_code}")
-            except requests.RequestException as exc:
-                self.failed += 1
-                self.errors.append(str(exc)[:200])
-
-    def __enter__(self) -> "Load":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(30)
-
-
 def test_nginx_only_change_keeps_jupyter_kernels_and_every_request(jrd: Jrd) -> None:
     s = jrd.login()
     kernel = s.post(jrd.url("/api/kernels"), json={"name": "python3"}).json()
@@ -244,13 +213,13 @@ def test_nginx_only_change_keeps_jupyter_kernels_and_every_request(jrd: Jrd) -> 
         jupyter_pid = jrd.supervisor_pid("jupyter")
         kernels = kernel_pids(jrd.proc.pid)
         assert kernels
-        with Load(jrd) as load:
+        with HandshakeLoad.to(jrd, threads=1) as load:
             for _ in range(4):
                 limit = next_limit()
                 line = one_reload(jrd, lambda: write_atomically(jrd.config_path, config(jrd, limit)))
                 assert "jupyter" not in line
                 wait_for(lambda: limit_is_live(jrd, limit), 5, f"limit {limit}m to be live")
-        assert load.failed == 0, load.errors[:5]
+        assert load.failures == [], load.failures[:5]
         assert load.ok > 10
         assert jrd.supervisor_pid("jupyter") == jupyter_pid
         assert kernel_pids(jrd.proc.pid) == kernels

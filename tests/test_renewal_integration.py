@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime as dt
 import errno
-import http.client
 import json
 import os
 import queue
@@ -35,7 +34,7 @@ if __name__ != "__main__":
     import pytest
     from cryptography import x509
 
-    from conftest import Jrd, execute, open_kernel_ws, short_tmp, wait_for
+    from conftest import HandshakeLoad, Jrd, execute, open_kernel_ws, short_tmp, wait_for
 
     pytestmark = pytest.mark.integration
 
@@ -183,51 +182,6 @@ def served_serial_unverified(port: int) -> int:
     return x509.load_der_x509_certificate(der).serial_number
 
 
-class Load:
-    """Threads that make HTTPS requests on fresh connections until stopped; every failure is kept."""
-
-    def __init__(self, j: Jrd, threads: int = 2):
-        self.j = j
-        self.stop_event = threading.Event()
-        self.ok = 0
-        self.failures: list[str] = []
-        self.serials: set[int] = set()
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
-
-    def __enter__(self) -> "Load":
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop_event.set()
-        for t in self._threads:
-            t.join(30)
-
-    def _run(self) -> None:
-        ctx = ssl.create_default_context(cafile=str(self.j.ca))
-        while not self.stop_event.is_set():
-            conn = http.client.HTTPSConnection("127.0.0.1", self.j.port, timeout=10, context=ctx)
-            try:
-                conn.connect()
-                serial = x509.load_der_x509_certificate(conn.sock.getpeercert(binary_form=True)).serial_number
-                conn.request("GET", "/api", headers={"Host": f"localhost:{self.j.port}", "Connection": "close"})
-                resp = conn.getresponse()
-                resp.read()
-                with self._lock:
-                    if resp.status == 200:
-                        self.ok += 1
-                        self.serials.add(serial)
-                    else:
-                        self.failures.append(f"HTTP {resp.status}")
-            except (OSError, http.client.HTTPException) as exc:
-                with self._lock:
-                    self.failures.append(f"{type(exc).__name__}: {exc}")
-            finally:
-                conn.close()
-
-
 if __name__ != "__main__":
 
     @pytest.fixture(scope="module")
@@ -271,7 +225,7 @@ def test_not_due_renewal_changes_nothing(jrd: HarnessJrd) -> None:
 
 
 def test_continuous_fresh_connections_see_no_failure_during_renewals(jrd: HarnessJrd) -> None:
-    with Load(jrd) as load:
+    with HandshakeLoad.to(jrd) as load:
         wait_for(lambda: load.ok >= 20, 30, "the load to get going")
         for _ in range(5):
             new = int(jrd.renew(force=True)["serial"], 16)
