@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import sqlite3
 import sys
 import time
@@ -37,8 +35,9 @@ from typing import Any
 import figures
 from conftest import Jrd, ensure_test_user, short_tmp, wait_for
 from figures import Figure, Result
-from test_browser_lab import CHROMIUM_FLAGS, PAGE_TIMEOUT_MS, log_in, sync_playwright, tool, trusting_home
-from test_browser_server_side_execution import Lab, busy_kernels, first_output, printed_lines, stream_text
+from test_browser_lab import log_in
+from test_browser_server_side_execution import (Lab, busy_kernels, first_output, printed_lines, running_lab,
+                                                stream_text)
 
 CODE = "print(sum(range(100)))"  # a small cell; prints 4950
 
@@ -228,34 +227,19 @@ def run(args: argparse.Namespace) -> Result:
                    f'extra_args = ["--SQLiteYStore.squash_after_inactivity_of={args.squash_seconds}"]\n')
     out: list[Figure] = []
     notes: list[str] = []
-    try:
-        j.start()
-        with sync_playwright() as pw:
-            from playwright.sync_api import expect
-
-            expect.set_options(timeout=PAGE_TIMEOUT_MS)
-            home = trusting_home(j.base / "browser-home", j.ca)
-            browser = pw.chromium.launch(executable_path=tool("chromium"), args=CHROMIUM_FLAGS, headless=True,
-                                         env={**os.environ, "HOME": str(home)})
-            try:
-                lab = Lab(j, browser, expect)
-                context, page = lab.new_page()
-                log_in(page, expect, lab.base, {})
-                lab.cookies = context.storage_state()
-                context.close()
-                if not args.skip_store:
-                    figs, n = store_bench(lab, args)
-                    out += figs
-                    notes += n
-                    print(json.dumps([f.__dict__ for f in figs]), file=sys.stderr, flush=True)
-                figs, n = long_cell_bench(lab, args)
-                out += figs
-                notes += n
-            finally:
-                browser.close()
-    finally:
-        j.stop()
-        shutil.rmtree(j.base, ignore_errors=True)
+    with running_lab(j) as lab:
+        context, page = lab.new_page()
+        log_in(page, lab.expect, lab.base, {})
+        lab.cookies = context.storage_state()
+        context.close()
+        if not args.skip_store:
+            figs, n = store_bench(lab, args)
+            out += figs
+            notes += n
+            print(json.dumps([f.__dict__ for f in figs]), file=sys.stderr, flush=True)
+        figs, n = long_cell_bench(lab, args)
+        out += figs
+        notes += n
     return Result(out, notes=notes)
 
 

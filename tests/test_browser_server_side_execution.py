@@ -21,6 +21,7 @@ tests run in order, and the last turns the setting off.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -96,10 +97,9 @@ class Lab:
         return self.jrd.notebooks / name
 
 
-@pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    j = Jrd(short_tmp())
-    j.write_config(jupyter="server_side_execution = true\n")
+@contextlib.contextmanager
+def running_lab(j: Jrd) -> Iterator[Lab]:
+    """`j` started, and a Chromium that trusts its CA; both stopped (and `j`'s files removed) after."""
     try:
         j.start()
         with sync_playwright() as pw:
@@ -116,6 +116,14 @@ def lab() -> Iterator[Lab]:
     finally:
         j.stop()
         shutil.rmtree(j.base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    j = Jrd(short_tmp())
+    j.write_config(jupyter="server_side_execution = true\n")
+    with running_lab(j) as lab:
+        yield lab
 
 
 def stream_text(notebook: Path, index: int = 0) -> tuple[str, int | None]:
