@@ -48,10 +48,20 @@ def until(predicate: Callable[[], bool], timeout: float = 120, what: str = "reco
 
 
 def settle(j: Jrd, program: str) -> None:
-    """Serving, and seen healthy by jrd's own probe, before the next kill (else it is a crash loop)."""
+    """Serving, seen healthy by jrd's own probe, and started as far as supervisord is concerned (RUNNING,
+    past its startsecs), before the next kill: a kill before that is a failed start, which supervisord
+    retries only after its backoff (about 2 s for nginx), a different fault from the one measured here."""
     wait_for(j.serving, 120, "serving")
     now = time.time()
     wait_for(lambda: probed_ok_since(j, program, now), 60, f"a passing probe of {program}")
+    wait_for(lambda: supervisord_state(j, program) == "RUNNING", 60, f"supervisord to count {program} as started")
+
+
+def supervisord_state(j: Jrd, program: str) -> str:
+    out = subprocess.run([sys.executable, "-m", "supervisor.supervisorctl", "-c",
+                          str(j.run_dir / "supervisor" / "supervisord.conf"), "status", program],
+                         capture_output=True, text=True, timeout=30).stdout.split()
+    return out[1] if len(out) > 1 else ""
 
 
 def first_supervisord(j: Jrd) -> int:
@@ -151,6 +161,9 @@ READING = (
     "nginx's master: a pidfd death watch pokes supervisord the moment the master dies (supervisord itself "
     "looks once a second), and `jrd.prestart` ends the dead master's workers, which still hold the port, "
     "and removes its stale socket before the new nginx starts.",
+    "Each kill comes once supervisord counts the program as started (RUNNING, past its startsecs). A kill "
+    "within nginx's first second is a failed start to supervisord, retried after its backoff: about 2 s "
+    "(earlier runs, which waited only for a passing probe, had one such trial in five).",
     "Jupyter: jrd notices the death and pokes supervisord within milliseconds; the rest is Jupyter's own "
     "start as the Jupyter account with jrd's config and its first answer through nginx. Plain supervisord "
     "with its defaults notices the death up to a second late, and nothing pokes it.",
