@@ -243,6 +243,10 @@ class Daemon:
             self.supervision.deathwatch.stop()
         proc = self.supervision.supervisord
         if proc is not None:
+            # Frozen (SIGSTOP), supervisord would answer nothing and a program could not act on its
+            # SIGTERM: both are woken first, so that everything stops gracefully and at once.
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)
             self.supervisor.wake_all()
             status = stop_supervisord(proc, timeout=45)
             if status not in (0, -signal.SIGTERM):

@@ -191,7 +191,6 @@ def stop_supervisord(proc: "subprocess.Popen[bytes]", timeout: float) -> int:
     """SIGTERM supervisord (it stops its programs gracefully), then SIGKILL after `timeout`."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
-        proc.send_signal(signal.SIGCONT)  # a SIGSTOPped supervisord acts on it at once
     try:
         return proc.wait(timeout)
     except subprocess.TimeoutExpired:

@@ -8,6 +8,7 @@ import socket
 import ssl
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -137,6 +138,27 @@ def test_sigterm_stops_everything_including_kernels(make_jrd) -> None:  # type: 
     assert len(procs) >= 5  # supervisord, jupyter, nginx master and workers, the kernel
     assert j.stop(signal.SIGTERM) == 0
     assert pids_alive(procs) == []
+
+
+def test_sigterm_with_supervisord_and_jupyter_frozen_stops_everything_at_once(make_jrd) -> None:  # type: ignore[no-untyped-def]
+    """SIGSTOP of supervisord and of Jupyter, then `systemctl stop jrd`: both are woken and stop gracefully,
+    instead of jrd waiting out its 45 s for supervisord and supervisord its 20 s stopwaitsecs for Jupyter."""
+    j = make_jrd().start()
+    s = j.login()
+    s.post(j.url("/api/kernels"), json={"name": "python3"})
+    wait_for(lambda: kernel_pids(j.proc.pid), 60, "a kernel process")
+    procs = descendants(j.proc.pid)
+    frozen = [j.supervisor_pid("jupyter")]
+    conf = str(j.run_dir / "supervisor" / "supervisord.conf")
+    frozen += [p for p in procs if conf in Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")]
+    assert len(frozen) == 2, frozen
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
+    start = time.monotonic()
+    assert j.stop(signal.SIGTERM) == 0
+    assert time.monotonic() - start < 15
+    wait_for(lambda: pids_alive(procs) == [], 30, "everything jrd started to be gone")
+    assert "SIGKILL" not in (j.base / "log" / "supervisord.log").read_text()
 
 
 def test_sigkill_of_jrd_leaves_nothing_behind(make_jrd) -> None:  # type: ignore[no-untyped-def]
