@@ -29,6 +29,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from jrd import preflight
+from jrd.preload import read_startup_bundles
 from jrd.extension import Context, Extension
 from jrd.render import Account, RenderInputs
 
@@ -157,7 +158,7 @@ class StaticBundles(Extension):
                             "set [paths] cache_dir to a directory outside any private home, such as /var/cache/jrd",
                             inputs.nginx_worker_user, copy)
             return inputs
-        return replace(inputs, static_bundles=copy)
+        return replace(inputs, static_bundles=copy, static_preload=tuple(read_startup_bundles(copy)))
 
     def start(self, ctx: Context) -> None:
         self._ctx = ctx

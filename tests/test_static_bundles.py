@@ -5,6 +5,7 @@ from __future__ import annotations
 import brotli
 import gzip
 import os
+import re
 from pathlib import Path
 from typing import Callable
 
@@ -15,6 +16,7 @@ from conftest import Jrd, wait_for
 from jrd.nginx import NginxBuild
 from jrd.render import render_nginx_conf
 from jrd.static_cache import build_copy, cache_key, lab_static_dir, ready_copy
+from render_parsers import nginx_directives
 from test_render import inputs
 
 # --- the copy, built from a small stand-in for JupyterLab's static dir --------------------------
@@ -88,6 +90,21 @@ def test_brotli_modules_are_loaded_only_when_built_for_this_nginx(tmp_path: Path
     assert "sub_filter" not in plain and "error_page 502 504 =503 $jrd_down_uri;" in plain
 
 
+def test_the_page_gets_preload_hints_for_the_copy_s_startup_bundles_and_nothing_else() -> None:
+    debian = NginxBuild((1, 22, 1), frozenset({"http_sub"}), None)
+    names = ("jlab_core.0123abcd.js?v=0123abcd", '9797.0123abcd.js"><script src="//x', "219.89abcdef.js")
+    conf = render_nginx_conf(inputs("[jupyter]\nbase_url = \"/nb/\"\n", nginx_build=debian,
+                                    static_bundles=Path("/var/cache/jrd/lab-static/k"), static_preload=names))
+    (sub,) = [args for name, args in nginx_directives(conf) if name == "sub_filter"]
+    assert sub[1] == ('<head><link rel="preload" as="script" href="/nb/static/lab/jlab_core.0123abcd.js?v=0123abcd">'
+                      '<link rel="preload" as="script" href="/nb/static/lab/219.89abcdef.js">'
+                      f'<script defer src="/jrd/heal.js?v={sub[1].split("?v=")[-1].split(chr(34))[0]}"></script>')
+    # Without a copy (Jupyter serving the bundles) the page is left as it was, but for heal.js.
+    without_copy = render_nginx_conf(inputs(nginx_build=debian, static_preload=names))
+    (sub,) = [args for name, args in nginx_directives(without_copy) if name == "sub_filter"]
+    assert "preload" not in sub[1]
+
+
 def test_without_a_copy_nginx_passes_the_bundles_to_jupyter() -> None:
     conf = render_nginx_conf(inputs())
     assert "/static/lab/" not in conf
@@ -139,8 +156,15 @@ def test_nginx_serves_the_bundles_from_a_copy_made_in_the_background(make_jrd: C
     (copy / f"{main.name}.br").unlink()
     (copy / f"{main.name}.gz").unlink()
     assert served("identity").content == main.read_bytes()
-    # Dynamic answers get brotli on the fly; and none of this restarted Jupyter.
+    # The page names the bundles it loads first (jlab_core among them), each served from the copy.
     logged_in = j.login()
+    page = logged_in.get(j.url("/lab"), timeout=30).text
+    hints = re.findall(r'<link rel="preload" as="script" href="(/static/lab/[^"]+)">', page)
+    assert hints and hints[0].startswith("/static/lab/jlab_core."), page[:600]
+    for href in hints:
+        r = s.get(j.url(href), headers={"Accept-Encoding": "br"}, timeout=30)
+        assert r.status_code == 200 and r.headers.get("Content-Encoding") == "br", (href, r.status_code)
+    # Dynamic answers get brotli on the fly; and none of this restarted Jupyter.
     settings = logged_in.get(j.url("/lab/api/settings"), headers={"Accept-Encoding": "br"}, timeout=30)
     assert settings.status_code == 200 and settings.headers["Content-Encoding"] == "br"
     assert j.supervisor_pid("jupyter") == jupyter_before

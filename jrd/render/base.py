@@ -68,6 +68,8 @@ class RenderInputs:
     nginx_build: NginxBuild = NginxBuild()
     # A complete compressed copy of JupyterLab's bundles (jrd.static_cache), for nginx to serve.
     static_bundles: Path | None = None
+    # Of those, what every page loads first (jrd.preload), named in the page's head for a head start.
+    static_preload: tuple[str, ...] = ()
     # The token in [gateway] auth_token_file, read at build time; "" when there is none.
     gateway_token: str = field(default="", repr=False)
     # Added by jrd.tls.acme_service in [tls] mode = "acme".

@@ -188,6 +188,17 @@ def _http01_server(inp: RenderInputs) -> list[str]:
                  https_port="" if ng.port == 443 else f":{ng.port}")]
 
 
+# What a preload hint may name: a bundle of JupyterLab's static dir, with its `?v=` version.
+_BUNDLE = re.compile(r"^[\w.-]+\.js(\?v=[0-9a-f]+)?$")
+
+
+def _preload_links(inp: RenderInputs) -> str:
+    """`<link rel=preload>` tags for the bundles every page loads first, quoted for sub_filter's string."""
+    base = f"{inp.config.jupyter.base_url}static/lab/"
+    return "".join(f'<link rel=\\"preload\\" as=\\"script\\" href=\\"{base}{name}\\">'
+                   for name in inp.static_preload if _BUNDLE.match(name))
+
+
 def _jupyter_server(inp: RenderInputs, addrs: tuple[str, ...], hosts: tuple[str, ...], tls: str) -> str:
     cfg, public = inp.config, inp.layout.nginx_public_dir
     ng = cfg.nginx
@@ -214,6 +225,7 @@ def _jupyter_server(inp: RenderInputs, addrs: tuple[str, ...], hosts: tuple[str,
         heal=heal,
         heal_js_file=nginx_str(public / "heal.js"),
         heal_js_hash=hashlib.sha256(heal_script()).hexdigest()[:16],
+        preload_links=_preload_links(inp) if static is not None else "",
         static_bundles=static is not None,
         static_url=nginx_str(f"{cfg.jupyter.base_url}static/lab/"),
         static_bundles_dir=nginx_str(f"{static}/"),
