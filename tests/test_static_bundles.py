@@ -167,6 +167,8 @@ def test_nginx_serves_the_bundles_from_a_copy_made_in_the_background(make_jrd: C
     # Dynamic answers get brotli on the fly; and none of this restarted Jupyter.
     settings = logged_in.get(j.url("/lab/api/settings"), headers={"Accept-Encoding": "br"}, timeout=30)
     assert settings.status_code == 200 and settings.headers["Content-Encoding"] == "br"
+    icon = s.get(j.url("/static/favicons/favicon.ico"), headers={"Accept-Encoding": "br"}, timeout=30)
+    assert icon.headers["Content-Type"] == "image/vnd.microsoft.icon" and icon.headers["Content-Encoding"] == "br"
     assert j.supervisor_pid("jupyter") == jupyter_before
 
 

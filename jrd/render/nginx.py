@@ -45,7 +45,7 @@ def _nginx_host(host: str) -> str:
 
 # What nginx compresses (gzip and brotli) on the fly.
 COMPRESS_TYPES = ("text/css text/plain application/javascript text/javascript application/json "
-                  "application/manifest+json image/svg+xml image/x-icon")
+                  "application/manifest+json image/svg+xml image/x-icon image/vnd.microsoft.icon")
 BROTLI_FILTER = "ngx_http_brotli_filter_module"
 BROTLI_STATIC = "ngx_http_brotli_static_module"
 # Seconds a client is asked to wait (Retry-After) while Jupyter is restarting.
