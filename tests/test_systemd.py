@@ -117,11 +117,16 @@ exec env -i container=jrd-test PATH=/usr/sbin:/usr/bin:/sbin:/bin /usr/sbin/chro
 
 
 def unit_for_this_checkout(tmp_path: Path) -> Path:
-    """The unit with /opt/jrd/venv pointing at this checkout's venv, so that its commands exist."""
+    """The unit with /opt/jrd/venv pointing at this checkout's venv, so that its commands exist (quoted as
+    systemd reads them: a checkout's path may have a blank in it)."""
     text = UNIT.read_text()
     assert INSTALLED_VENV in text
     copy = tmp_path / "jrd.service"
-    copy.write_text(text.replace(INSTALLED_VENV, str(VENV)))
+    venv = str(VENV).replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
+    unit, commands = re.subn(rf"^(Exec\w+=){re.escape(INSTALLED_VENV)}/bin/(\S+)",
+                             lambda m: f'{m[1]}"{venv}/bin/{m[2]}"', text, flags=re.M)
+    assert commands == 2, unit  # ExecStart and ExecReload
+    copy.write_text(unit)
     return copy
 
 
