@@ -29,8 +29,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from jrd import preflight
-from jrd.preload import read_startup_bundles
 from jrd.extension import Context, Extension
+from jrd.preload import read_startup_bundles
 from jrd.render import Account, RenderInputs
 
 log = logging.getLogger("jrd")
