@@ -27,6 +27,7 @@ from jrd import leftovers, nginx, probe, states
 from jrd.config import Config
 from jrd.errors import SupervisorError
 from jrd.extension import Context, Extension
+from jrd.ledger import ProbeOutcome
 from jrd.layout import Layout
 
 log = logging.getLogger("jrd")
@@ -36,17 +37,6 @@ log = logging.getLogger("jrd")
 # calls it RUNNING, and a slow VM takes longer.
 STARTUP_GRACE_SECONDS = 120.0
 TIMER = "health"
-
-
-@dataclass(frozen=True)
-class ProbeOutcome:
-    """One probe of one program."""
-
-    program: str
-    ok: bool
-    latency: float
-    error: str = ""
-    at: float = 0.0  # wall-clock time of the probe
 
 
 @dataclass(frozen=True)

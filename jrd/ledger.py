@@ -11,10 +11,18 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Callable, Mapping
+from typing import Callable, Mapping
 
-if TYPE_CHECKING:
-    from jrd.health import ProbeOutcome
+
+@dataclass(frozen=True)
+class ProbeOutcome:
+    """One probe of one program (jrd.health probes; the ledger keeps the last of each)."""
+
+    program: str
+    ok: bool
+    latency: float
+    error: str = ""
+    at: float = 0.0  # wall-clock time of the probe
 
 
 @dataclass(frozen=True)
@@ -41,7 +49,7 @@ class Snapshot:
     started_at: float
     restarts: Mapping[tuple[str, str], int]
     reloads: ReloadRecord
-    probes: Mapping[str, "ProbeOutcome"]
+    probes: Mapping[str, ProbeOutcome]
     probe_failures: Mapping[str, int]
     serving: Serving | None = None
     # When each program last passed a probe (Unix time).
@@ -57,7 +65,7 @@ class Ledger:
     started_at: float = field(default=0.0)
     _restarts: dict[tuple[str, str], int] = field(default_factory=dict)
     _reloads: ReloadRecord = field(default_factory=ReloadRecord)
-    _probes: dict[str, "ProbeOutcome"] = field(default_factory=dict)
+    _probes: dict[str, ProbeOutcome] = field(default_factory=dict)
     _probe_failures: dict[str, int] = field(default_factory=dict)
     _serving: Serving | None = None
     _last_ok: dict[str, float] = field(default_factory=dict)
@@ -78,7 +86,7 @@ class Ledger:
             else:
                 self._reloads = replace(rec, ok=False, at=at, error=error, failures=rec.failures + 1)
 
-    def record_probe(self, outcome: "ProbeOutcome", failures: int) -> None:
+    def record_probe(self, outcome: ProbeOutcome, failures: int) -> None:
         with self._lock:
             self._probes[outcome.program] = outcome
             self._probe_failures[outcome.program] = failures
