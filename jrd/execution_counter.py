@@ -9,8 +9,10 @@ there and answers the counts since Jupyter started at
 only (jrd asks with its private token; `jrd.jupyter.JupyterClient`).  The
 answer is not user activity, so it never delays the idle stop.
 
-It imports nothing of jrd: Jupyter loads it by name from the environment
-it shares with jrd.
+It imports nothing of jrd: jrd writes a copy of this file beside Jupyter's
+config as `jrd_execution_counter.py`, and Jupyter loads it by that name, so
+that it works wherever jrd itself is installed (a checkout in root's 0700
+home, which the Jupyter account cannot enter, included).
 """
 
 from __future__ import annotations

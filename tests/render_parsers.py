@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import inspect
 import shlex
+import sys
 from typing import Any
 
 from supervisor.datatypes import dict_of_key_value_pairs
@@ -106,7 +107,11 @@ def jupyter_settings(text: str) -> dict[str, Any]:
     """Run a rendered jupyter_server_config.py as Jupyter would; {'ServerApp.port': 8889, ...}."""
     ast.parse(text)
     c = _Recorder()
-    exec(compile(text, "jupyter_server_config.py", "exec"), {"get_config": lambda: c})  # noqa: S102
+    path = list(sys.path)  # the config puts Jupyter's own dir first on it, as Jupyter would have it
+    try:
+        exec(compile(text, "jupyter_server_config.py", "exec"), {"get_config": lambda: c})  # noqa: S102
+    finally:
+        sys.path[:] = path
     return {f"{cls}.{key}": _comparable(value.values if isinstance(value, _Recorder) else value)
             for cls, rec in c.values.items() for key, value in rec.values.items()}
 

@@ -96,11 +96,36 @@ def test_the_names_are_those_the_installed_packages_use() -> None:
     share = Path(__file__).resolve().parent.parent / ".venv" / "share" / "jupyter" / "labextensions"
     if share.is_dir():
         assert all((share / name / "package.json").is_file() for name in SSX_LABEXTENSIONS)
-    for module in (*SSX_SERVER_EXTENSIONS, EXECUTION_COUNTER_EXTENSION):
+    for module in SSX_SERVER_EXTENSIONS:
         __import__(module)
     # The schema jrd's counter listens for is one nbmodel registers on its event logger.
     from jupyter_server_nbmodel.event_logger import event_logger
     assert CELL_EXECUTION_SCHEMA in event_logger.schemas.schema_ids
+
+
+def test_jupyter_imports_the_counter_from_its_own_dir_wherever_jrd_is(tmp_path: Path) -> None:
+    """A copy of jrd/execution_counter.py beside Jupyter's config, first on Jupyter's sys.path: the Jupyter
+    account reads it there even when jrd is a checkout in root's 0700 home."""
+    import importlib
+    import sys
+
+    inp = inputs(True, tmp_path)
+    files = render_all(inp)
+    copy = files[f"{EXECUTION_COUNTER_EXTENSION}.py"]
+    assert copy.path == inp.layout.jupyter_dir / "jrd_execution_counter.py"
+    assert (copy.mode, copy.owner) == (0o644, files["jupyter_server_config.py"].owner)
+    assert copy.content == (Path(__file__).resolve().parent.parent / "jrd" / "execution_counter.py").read_bytes()
+    text = files["jupyter_server_config.py"].content.decode()
+    assert f"_sys.path.insert(0, {str(inp.layout.jupyter_dir)!r})" in text
+    copy.path.parent.mkdir(parents=True, exist_ok=True)
+    copy.path.write_bytes(copy.content)
+    sys.path.insert(0, str(copy.path.parent))
+    try:
+        module = importlib.import_module(EXECUTION_COUNTER_EXTENSION)
+        assert module._jupyter_server_extension_points() == [{"module": "jrd_execution_counter"}]
+    finally:
+        sys.path.remove(str(copy.path.parent))
+        sys.modules.pop(EXECUTION_COUNTER_EXTENSION, None)
 
 
 def test_the_execution_counter_counts_the_events_nbmodel_emits() -> None:

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from jrd.render.base import Account, RenderedFile, RenderInputs, fill
 from jrd.render.jupyter import (
-    gateway_token_file_content, jupyter_command, jupyter_environment, jupyter_root_dir, render_jupyter_config,
+    EXECUTION_COUNTER_EXTENSION, execution_counter_source, gateway_token_file_content, jupyter_command,
+    jupyter_environment, jupyter_root_dir, render_jupyter_config,
 )
 from jrd.render.nginx import RESTARTING_JSON, heal_script, nginx_command, nginx_str, render_nginx_conf, restarting_page
 from jrd.render.supervisord import render_supervisord_conf, supervisor_command, supervisor_environment, sv_value
@@ -42,6 +43,10 @@ def render_all(inp: RenderInputs) -> dict[str, RenderedFile]:
         # takes the token out of the Jupyter dir.
         "gateway-token": RenderedFile(
             layout.gateway_token, gateway_token_file_content(inp), 0o600, jupyter_owner
+        ),
+        # jrd's server extension, for Jupyter to import from its own dir (render.jupyter).
+        f"{EXECUTION_COUNTER_EXTENSION}.py": RenderedFile(
+            layout.jupyter_dir / f"{EXECUTION_COUNTER_EXTENSION}.py", execution_counter_source(), 0o644, jupyter_owner
         ),
     }
     # What nginx answers while Jupyter is down, and the script that carries an open tab through it.

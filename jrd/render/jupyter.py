@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from importlib import resources
 from pathlib import Path
 
 from jrd.render.base import RenderInputs, is_ip, fill, source_name, template
@@ -11,8 +12,10 @@ from jrd.render.base import RenderInputs, is_ip, fill, source_name, template
 # Server-side execution ([jupyter] server_side_execution): the server extensions that
 # jupyter-collaboration and jupyter-server-nbmodel install, and their frontend parts.
 SSX_SERVER_EXTENSIONS = ("jupyter_server_fileid", "jupyter_server_ydoc", "jupyter_server_nbmodel")
-# jrd's own, run inside Jupyter beside them: counts their executions for the metrics.
-EXECUTION_COUNTER_EXTENSION = "jrd.execution_counter"
+# jrd's own, run inside Jupyter beside them: counts their executions for the metrics.  Jupyter
+# loads it by this name from a copy of jrd/execution_counter.py in its own config dir, which the
+# Jupyter account can read wherever jrd is installed (a checkout in root's 0700 home included).
+EXECUTION_COUNTER_EXTENSION = "jrd_execution_counter"
 SSX_LABEXTENSIONS = ("@jupyter/collaboration-extension", "@jupyter/docprovider-extension",
                      "@datalayer/jupyter-server-nbmodel")
 # The collaboration interface a single-user JupyterLab leaves out (plugin ids of
@@ -23,6 +26,11 @@ SSX_COLLABORATION_UI = tuple("@jupyter/collaboration-extension:" + plugin for pl
 NEWS_QUESTION = "@jupyterlab/apputils-extension:announcements"
 # A document still for this long has its history squashed into one update.
 YSTORE_SQUASH_SECONDS = 600
+
+
+def execution_counter_source() -> bytes:
+    """The extension's source, for its copy beside Jupyter's config (EXECUTION_COUNTER_EXTENSION)."""
+    return (resources.files("jrd") / "execution_counter.py").read_bytes()
 
 
 def jupyter_root_dir(inp: RenderInputs) -> Path:
@@ -100,4 +108,5 @@ def render_jupyter_config(inp: RenderInputs) -> str:
         store_dir=repr(str(inp.layout.collaboration_dir)),
         ystore_squash_seconds=YSTORE_SQUASH_SECONDS,
         disabled_plugins=repr([NEWS_QUESTION, *(SSX_COLLABORATION_UI if ssx else ())]),
+        extension_dir=repr(str(inp.layout.jupyter_dir)),
     )
