@@ -91,7 +91,7 @@ def make_run(checkout: Path, tmp: Path) -> Run:
     def serving() -> bool:
         if proc.poll() is not None:
             raise AssertionError(f"make run exited with {proc.returncode}:\n{run.text()}")
-        return "is serving JupyterLab" in run.text()
+        return "is serving JupyterLab" in run.text() and "password" in run.text().split("is serving JupyterLab")[1]
 
     try:
         wait_for(serving, 120, "`make run` to serve")

@@ -90,7 +90,8 @@ def test_an_idle_machine_is_warned_then_stopped_with_jupyter_down_first(make_jrd
     (ran_at, jupyter), = runs(marker)
     assert jupyter == "jupyter-down", "the command ran before Jupyter was stopped"
     assert ran_at - deadline < 60, f"the command ran {ran_at - deadline:.1f} s after the deadline"
-    assert "the stop command succeeded" in j.read_output()
+    # The command's exit reaches jrd's loop a moment after the recorder wrote its line.
+    wait_for(lambda: "the stop command succeeded" in j.read_output(), 30, "jrd to log the command's success")
     metrics = parse_exposition(requests.get(f"http://127.0.0.1:{j.metrics_port}/metrics", timeout=10).text)
     assert metrics['jrd_idle_stops_total{result="success"}'] == 1
 
