@@ -187,7 +187,7 @@ READING = (
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--trials", type=int, default=3, help="first + repeat loads per server")
+    ap.add_argument("--trials", type=int, default=5, help="first + repeat loads per server")
 
 
 def run(args: argparse.Namespace) -> Result:
