@@ -268,7 +268,7 @@ def test_sigkill_of_supervisord_is_restarted_in_place(jrd: Jrd) -> None:
                     if p != new and p not in descendants(new)]
 
         try:
-            wait_for(lambda: not strays(), 10, "no process of the old supervisord")
+            wait_for(lambda: not strays(), 20, "no process of the old supervisord")  # StrayReaper: 10 s grace
         except AssertionError:
             raise AssertionError(f"left running: {strays()}") from None
     assert jrd.proc.pid == jrd_pid and jrd.proc.poll() is None
