@@ -17,7 +17,6 @@ Run:  .venv/bin/python bench/bench_renewal.py [--renewals 10] [--load-seconds 8]
 from __future__ import annotations
 
 import argparse
-import http.client
 import shutil
 import signal
 import socket
@@ -31,7 +30,7 @@ from typing import Any
 from cryptography import x509
 
 import figures
-from conftest import Jrd, short_tmp
+from conftest import HandshakeLoad, Jrd, short_tmp
 from figures import Result, count, summary_ms
 from jrd.control import client as control_client
 
@@ -67,54 +66,6 @@ class Poller:
         raise RuntimeError(f"serial {serial:x} never seen")
 
 
-class Load:
-    """HTTPS GET /api on a fresh connection per request, from `threads` threads, counting failures."""
-
-    def __init__(self, j: Jrd, threads: int = 2):
-        self.j = j
-        self.ctx = ssl.create_default_context(cafile=str(j.ca))
-        self.ok = 0
-        self.failures: list[str] = []
-        self.lock = threading.Lock()
-        self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
-
-    def __enter__(self) -> "Load":
-        self.started = time.perf_counter()
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(30)
-        self.elapsed = time.perf_counter() - self.started
-
-    def _run(self) -> None:
-        while not self.stop.is_set():
-            conn = http.client.HTTPSConnection("127.0.0.1", self.j.port, timeout=10, context=self.ctx)
-            try:
-                conn.request("GET", "/api", headers={"Host": f"localhost:{self.j.port}", "Connection": "close"})
-                resp = conn.getresponse()
-                resp.read()
-                with self.lock:
-                    if resp.status == 200:
-                        self.ok += 1
-                    else:
-                        self.failures.append(f"HTTP {resp.status}")
-            except (OSError, http.client.HTTPException) as exc:
-                with self.lock:
-                    self.failures.append(type(exc).__name__)
-            finally:
-                conn.close()
-
-    def summary(self) -> dict[str, Any]:
-        total = self.ok + len(self.failures)
-        return {"requests": total, "failed": len(self.failures), "seconds": self.elapsed,
-                "failure_kinds": sorted(set(self.failures))}
-
-
 def renew(j: Jrd) -> int:
     result = control_client.request(j.run_dir / "control.sock", "renew_cert", {"force": True})
     return int(result["serial"], 16)
@@ -141,7 +92,9 @@ def measure_latency(j: Jrd, n: int) -> tuple[list[float], list[float]]:
 
 
 def under_load(j: Jrd, seconds: float, action: Any, k: int) -> dict[str, Any]:
-    with Load(j) as load:
+    """`k` actions while two threads GET /api on a fresh TLS connection each; what the clients met."""
+    started = time.perf_counter()
+    with HandshakeLoad.to(j) as load:
         time.sleep(0.5)
         deadline = time.perf_counter() + seconds
         done = 0
@@ -150,7 +103,9 @@ def under_load(j: Jrd, seconds: float, action: Any, k: int) -> dict[str, Any]:
             done += 1
         while time.perf_counter() < deadline:
             time.sleep(0.05)
-    return {"actions": done, **load.summary()}
+    return {"actions": done, "requests": load.ok + len(load.failures), "failed": len(load.failures),
+            "seconds": time.perf_counter() - started,
+            "failure_kinds": sorted({failure.split(":")[0] for failure in load.failures})}
 
 
 def hard_restart_nginx(j: Jrd) -> None:
