@@ -208,9 +208,8 @@ class Daemon:
         self.serving.start()
         host = cfg.local_probe_host if ":" not in cfg.local_probe_host else f"[{cfg.local_probe_host}]"
         local = cfg.url.replace(cfg.url.split("/")[2], f"{host}:{cfg.nginx.port}")
-        # One message, so that whoever reads the output sees where and how to log in together.
-        self._announce(f"jrd {__version__} is serving JupyterLab at {cfg.url} (from this machine: {local})\n"
-                       f"{password_note}")
+        self._announce(f"jrd {__version__} is serving JupyterLab at {cfg.url} (from this machine: {local})")
+        self._announce(password_note)
         notify(f"READY=1\nSTATUS=serving {cfg.url}\nMAINPID={os.getpid()}")
 
     def loop(self) -> None:

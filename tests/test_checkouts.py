@@ -91,6 +91,7 @@ def make_run(checkout: Path, tmp: Path) -> Run:
     def serving() -> bool:
         if proc.poll() is not None:
             raise AssertionError(f"make run exited with {proc.returncode}:\n{run.text()}")
+        # jrd prints the password line just after this one: wait for both.
         return "is serving JupyterLab" in run.text() and "password" in run.text().split("is serving JupyterLab")[1]
 
     try:
